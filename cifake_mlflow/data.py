@@ -1,0 +1,445 @@
+"""CIFAKE on disk -> a checked, de-duplicated, cached uint8 dataset -> splits.
+
+The source can be the Kaggle layout ``train|test/REAL|FAKE`` as a folder, a ``.zip``/``.tar.gz``
+of it, or a folder holding such archives (``../shared/data`` has one archive per split). Every
+image is decoded once by :func:`cifake_mlflow.preprocess.decode_image` into a uint8 cache keyed
+by a fingerprint of the source files, so a second run on the same data starts in seconds.
+
+FAKE is the positive class (label 1) everywhere: the detector's score is ``prob_fake``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from cifake_mlflow.preprocess import ImageDecodeError, decode_image
+
+SPLITS = ("train", "test")
+CLASSES = ("REAL", "FAKE")  # index == label: REAL=0, FAKE=1 (the positive class)
+FAKE = 1
+ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
+#: Bump when decoding changes, so that old caches are not reused.
+CACHE_VERSION = 1
+LAYOUT_HINT = (
+    "expected the Kaggle CIFAKE layout train/REAL, train/FAKE, test/REAL, test/FAKE "
+    "(as a folder, a .zip/.tar.gz of it, or a folder of such archives)"
+)
+
+
+class DataError(ValueError):
+    """The dataset cannot be used as it is; the message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image file of the source, not yet decoded."""
+
+    split: str
+    label: int
+    path: str  # readable location, e.g. "cifake-test.tar.gz:test/FAKE/0001.jpg"
+    read: Callable[[], bytes]
+
+
+@dataclass
+class DataReport:
+    """What loading found: counts, bad files, resized images and exact duplicates."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    bad_files: list[dict[str, str]] = field(default_factory=list)
+    resized_files: list[str] = field(default_factory=list)
+    duplicates: dict[str, object] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class Dataset:
+    """Decoded CIFAKE: parallel arrays plus the report and a content digest."""
+
+    images: np.ndarray  # (N, 32, 32, 3) uint8
+    labels: np.ndarray  # (N,) uint8, FAKE=1
+    splits: np.ndarray  # (N,) uint8, index into SPLITS
+    hashes: np.ndarray  # (N,) S16, blake2b of the file bytes
+    paths: np.ndarray  # (N,) str
+    digest: str
+    source: str
+    report: DataReport
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.splits == SPLITS.index(split))
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Row indices into a :class:`Dataset` for training, validation and the final test."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    dropped_train_duplicates: int = 0
+    dropped_test_leaks: int = 0
+
+
+# -- discovering files -----------------------------------------------------------------------
+def _classify(parts: tuple[str, ...]) -> tuple[str, int] | None:
+    """``(split, label)`` if the path ends in ``train|test/REAL|FAKE/<file>``."""
+    if len(parts) < 3 or parts[-1].startswith("."):
+        return None
+    split, cls = parts[-3].lower(), parts[-2].upper()
+    if split in SPLITS and cls in CLASSES:
+        return split, CLASSES.index(cls)
+    return None
+
+
+def _class_dir(parts: tuple[str, ...]) -> tuple[str, int] | None:
+    if len(parts) < 2:
+        return None
+    split, cls = parts[-2].lower(), parts[-1].upper()
+    return (split, CLASSES.index(cls)) if split in SPLITS and cls in CLASSES else None
+
+
+def is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _iter_archive(path: Path, seen: set[tuple[str, int]]) -> Iterator[Entry]:
+    try:
+        if path.name.lower().endswith(".zip"):
+            yield from _iter_zip(path, seen)
+        else:
+            yield from _iter_tar(path, seen)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise DataError(
+            f"cannot read archive {path}: {exc}. The file is damaged or not an archive; "
+            "download it again, or extract it and pass the folder"
+        ) from None
+
+
+def _iter_zip(path: Path, seen: set[tuple[str, int]]) -> Iterator[Entry]:
+    archive = zipfile.ZipFile(path)
+    for info in archive.infolist():
+        parts = PurePosixPath(info.filename).parts
+        if info.is_dir():
+            if (hit := _class_dir(parts)) is not None:
+                seen.add(hit)
+            continue
+        if (hit := _classify(parts)) is not None:
+            seen.add(hit)
+            name = info.filename
+
+            def read(name: str = name) -> bytes:
+                return archive.read(name)
+
+            yield Entry(hit[0], hit[1], f"{path.name}:{name}", read)
+
+
+def _iter_tar(path: Path, seen: set[tuple[str, int]]) -> Iterator[Entry]:
+    with tarfile.open(path, "r:*") as archive:
+        for member in archive:
+            parts = PurePosixPath(member.name).parts
+            if member.isdir():
+                if (hit := _class_dir(parts)) is not None:
+                    seen.add(hit)
+                continue
+            if not member.isfile() or (hit := _classify(parts)) is None:
+                continue
+            seen.add(hit)
+            fileobj = archive.extractfile(member)
+            data = fileobj.read() if fileobj is not None else b""
+            yield Entry(hit[0], hit[1], f"{path.name}:{member.name}", lambda d=data: d)
+
+
+def _iter_folder(root: Path, seen: set[tuple[str, int]]) -> Iterator[Entry]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        here = Path(dirpath)
+        rel_parts = here.relative_to(root).parts
+        if (hit := _class_dir(rel_parts)) is not None:
+            seen.add(hit)
+        for name in sorted(filenames):
+            file = here / name
+            if is_archive(file) and _class_dir(rel_parts) is None:
+                yield from _iter_archive(file, seen)
+                continue
+            if (hit := _classify((*rel_parts, name))) is not None:
+                yield Entry(hit[0], hit[1], str(file.relative_to(root)), file.read_bytes)
+
+
+def iter_entries(source: Path, seen: set[tuple[str, int]]) -> Iterator[Entry]:
+    """Every image file of ``source``; ``seen`` collects the (split, class) folders met."""
+    if not source.exists():
+        raise DataError(
+            f"dataset not found: {source} does not exist. Pass --data PATH (or -P data=PATH) "
+            f"pointing at CIFAKE; {LAYOUT_HINT}. `cifake data download` fetches it from Kaggle"
+        )
+    if source.is_dir():
+        yield from _iter_folder(source, seen)
+    elif is_archive(source):
+        yield from _iter_archive(source, seen)
+    else:
+        raise DataError(f"{source} is neither a folder nor a .zip/.tar.gz archive; {LAYOUT_HINT}")
+
+
+# -- fingerprint and cache -------------------------------------------------------------------
+def fingerprint(source: Path) -> str:
+    """Cheap key of the source: paths, sizes and mtimes of its files (no content read)."""
+    digest = hashlib.sha256(f"cifake-cache-v{CACHE_VERSION}\n".encode())
+    source = source.resolve()
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    for path in files:
+        stat = path.stat()
+        rel = path.name if path == source else path.relative_to(source).as_posix()
+        digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """``$CIFAKE_CACHE_DIR``, else ``~/.cache/cifake-mlflow``."""
+    env = os.environ.get("CIFAKE_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "cifake-mlflow"
+
+
+def _cache_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / f"cifake-{key[:24]}"
+
+
+def _save_cache(folder: Path, ds: Dataset) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    try:
+        np.savez(
+            tmp / "arrays.npz",
+            images=ds.images,
+            labels=ds.labels,
+            splits=ds.splits,
+            hashes=ds.hashes,
+            paths=ds.paths,
+        )
+        meta = {"digest": ds.digest, "source": ds.source, "report": ds.report.to_dict()}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_cache(folder: Path) -> Dataset | None:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
+            loaded = {k: arrays[k] for k in ("images", "labels", "splits", "hashes", "paths")}
+        return Dataset(
+            **loaded,
+            digest=meta["digest"],
+            source=meta["source"],
+            report=DataReport(**meta["report"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+        return None  # damaged or from another version: decode again
+
+
+# -- decoding --------------------------------------------------------------------------------
+def _decode_all(source: Path, progress: bool) -> Dataset:
+    seen: set[tuple[str, int]] = set()
+    images, labels, splits, hashes, paths = [], [], [], [], []
+    report = DataReport()
+    bar = tqdm(desc=f"decoding {source.name}", unit="img", disable=not progress, mininterval=1)
+    for entry in iter_entries(source, seen):
+        bar.update()
+        data = entry.read()
+        try:
+            pixels, resized = decode_image(data)
+        except ImageDecodeError as exc:
+            report.bad_files.append({"path": entry.path, "reason": str(exc)})
+            continue
+        if resized:
+            report.resized_files.append(entry.path)
+        images.append(pixels)
+        labels.append(entry.label)
+        splits.append(SPLITS.index(entry.split))
+        hashes.append(hashlib.blake2b(data, digest_size=16).digest())
+        paths.append(entry.path)
+    bar.close()
+    _check_layout(source, seen, labels, splits, report)
+    ds = Dataset(
+        images=np.stack(images).astype(np.uint8),
+        labels=np.asarray(labels, dtype=np.uint8),
+        splits=np.asarray(splits, dtype=np.uint8),
+        hashes=np.asarray(hashes, dtype="S16"),
+        paths=np.asarray(paths, dtype=str),
+        digest="",
+        source=str(source),
+        report=report,
+    )
+    ds.digest = content_digest(ds)
+    report.counts = count_classes(ds)
+    report.duplicates = find_duplicates(ds)
+    return ds
+
+
+def _check_layout(
+    source: Path,
+    seen: set[tuple[str, int]],
+    labels: list[int],
+    splits: list[int],
+    report: DataReport,
+) -> None:
+    present = {(SPLITS[s], lab) for s, lab in zip(splits, labels, strict=True)}
+    for split in SPLITS:
+        if not any(s == split for s, _ in seen):
+            raise DataError(f"no '{split}' split in {source}: {LAYOUT_HINT}")
+        for label, cls in enumerate(CLASSES):
+            where = f"{split}/{cls}"
+            if (split, label) not in seen:
+                raise DataError(f"missing class folder {where} in {source}: {LAYOUT_HINT}")
+            if (split, label) not in present:
+                bad = sum(f"{where}/" in b["path"] for b in report.bad_files)
+                why = f"all {bad} files are unreadable" if bad else "it has no files"
+                raise DataError(f"empty class folder {where} in {source}: {why}")
+
+
+def content_digest(ds: Dataset) -> str:
+    """sha256 over (split, class, file hash) of every image, order-independent."""
+    rows = sorted(
+        f"{SPLITS[s]}/{CLASSES[lab]}/{h.hex()}"
+        for s, lab, h in zip(ds.splits, ds.labels, ds.hashes, strict=True)
+    )
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+def count_classes(ds: Dataset) -> dict[str, int]:
+    return {
+        f"{split}_{cls.lower()}": int(np.sum((ds.splits == si) & (ds.labels == ci)))
+        for si, split in enumerate(SPLITS)
+        for ci, cls in enumerate(CLASSES)
+    }
+
+
+def find_duplicates(ds: Dataset) -> dict[str, object]:
+    """Exact duplicates by content hash: inside each split, and test images also in train."""
+    groups: dict[bytes, list[int]] = {}
+    for i, h in enumerate(ds.hashes):
+        groups.setdefault(bytes(h), []).append(i)
+    multi = [idx for idx in groups.values() if len(idx) > 1]
+    train_id, test_id = SPLITS.index("train"), SPLITS.index("test")
+
+    def inside(split_id: int) -> int:
+        return sum(1 for idx in multi if sum(ds.splits[i] == split_id for i in idx) > 1)
+
+    leaked = [idx for idx in multi if len({int(ds.splits[i]) for i in idx}) == 2]
+    return {
+        "groups": len(multi),
+        "extra_copies": sum(len(idx) - 1 for idx in multi),
+        "groups_within_train": inside(train_id),
+        "groups_within_test": inside(test_id),
+        "train_test_shared": len(leaked),
+        "train_test_examples": [[str(ds.paths[i]) for i in idx] for idx in leaked[:20]],
+    }
+
+
+def load_dataset(
+    source: str | Path,
+    cache_dir: str | Path | None = None,
+    on_bad_file: str = "error",
+    progress: bool = True,
+) -> Dataset:
+    """Decode (or reuse the cache of) ``source``; apply the bad-file policy.
+
+    ``on_bad_file='error'`` raises :class:`DataError` listing every bad file;
+    ``'skip'`` leaves them out (they stay listed in ``report.bad_files``).
+    """
+    source = Path(source).expanduser()
+    if not source.exists():
+        list(iter_entries(source, set()))  # raises the not-found message
+    cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+    folder = _cache_path(cache_root, fingerprint(source))
+    ds = _load_cache(folder)
+    if ds is None:
+        start = time.perf_counter()
+        ds = _decode_all(source, progress)
+        _save_cache(folder, ds)
+        if progress:
+            print(
+                f"decoded {len(ds.labels):,} images in {time.perf_counter() - start:.1f}s; "
+                f"cached at {folder}"
+            )
+    if ds.report.bad_files and on_bad_file != "skip":
+        listing = "\n".join(f"  {b['path']}: {b['reason']}" for b in ds.report.bad_files[:50])
+        more = len(ds.report.bad_files) - 50
+        raise DataError(
+            f"{len(ds.report.bad_files)} bad image file(s) in {source}:\n{listing}"
+            + (f"\n  ... and {more} more" if more > 0 else "")
+            + "\nRemove or replace them, or pass --on-bad-file skip to leave them out."
+        )
+    return ds
+
+
+# -- splits ----------------------------------------------------------------------------------
+def _stratified_subset(
+    idx: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Generator
+) -> np.ndarray:
+    if size >= len(idx):
+        return idx
+    picked = []
+    for label in (0, 1):
+        members = idx[labels[idx] == label]
+        share = round(size * len(members) / len(idx))
+        picked.append(rng.choice(members, size=max(1, share), replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def make_splits(
+    ds: Dataset,
+    val_fraction: float,
+    seed: int,
+    drop_duplicates: bool = True,
+    max_train_images: int | None = None,
+    max_test_images: int | None = None,
+) -> Splits:
+    """Seeded, stratified train/validation split carved from train; test kept for the end.
+
+    With ``drop_duplicates`` the train side keeps one copy of each exact duplicate and no copy
+    of any test image, so validation and test scores are not flattered by leakage.
+    """
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(seed)
+    train = ds.indices("train")
+    test = ds.indices("test")
+    dropped_dups = dropped_leaks = 0
+    if drop_duplicates:
+        test_hashes = set(ds.hashes[test].tolist())
+        leaks = np.array([h in test_hashes for h in ds.hashes[train].tolist()], dtype=bool)
+        dropped_leaks = int(leaks.sum())
+        train = train[~leaks]
+        _, first = np.unique(ds.hashes[train], return_index=True)
+        dropped_dups = len(train) - len(first)
+        train = np.sort(train[first])
+    if max_train_images is not None:
+        train = _stratified_subset(train, ds.labels, max_train_images, rng)
+    if max_test_images is not None:
+        test = _stratified_subset(test, ds.labels, max_test_images, rng)
+    try:
+        fit, val = train_test_split(
+            train, test_size=val_fraction, stratify=ds.labels[train], random_state=seed
+        )
+    except ValueError as exc:
+        raise DataError(
+            f"cannot carve a validation split of {val_fraction} from {len(train)} "
+            f"training images: {exc}"
+        ) from None
+    return Splits(np.sort(fit), np.sort(val), test, dropped_dups, dropped_leaks)

@@ -1,0 +1,133 @@
+"""The detector: MobileNetV2 base + the reference head, and its SavedModel export.
+
+The model takes 32x32 float images in [0, 255] (what the cache holds) and resizes them to
+``image_size`` inside the graph, so training, evaluation and serving feed it the same thing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+# Keras' own cache root (honours $KERAS_HOME); private, so that our check and Keras' download
+# look at the very same folder.
+from keras.src.backend.config import keras_home
+
+from cifake_mlflow.config import TrainConfig
+from cifake_mlflow.download import reachable
+from cifake_mlflow.preprocess import NATIVE_SIZE
+
+IMAGENET_SIZES = (96, 128, 160, 192, 224)
+WEIGHTS_HOST = "storage.googleapis.com"
+BASE_NAME = "mobilenetv2_base"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights are neither cached nor downloadable; the message offers alternatives."""
+
+
+def imagenet_weights_file(image_size: int) -> Path:
+    """Where Keras caches the no-top MobileNetV2 ImageNet weights for ``image_size``."""
+    rows = image_size if image_size in IMAGENET_SIZES else 224
+    name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5"
+    return Path(keras_home()).expanduser() / "models" / name
+
+
+def check_imagenet_available(image_size: int) -> None:
+    """Fail at once, before any training work, when ImageNet weights cannot be had."""
+    cached = imagenet_weights_file(image_size)
+    if cached.is_file() or reachable(WEIGHTS_HOST):
+        return
+    raise WeightsUnavailableError(
+        f"weights=imagenet: the MobileNetV2 ImageNet weights are not cached at {cached} and "
+        f"{WEIGHTS_HOST} cannot be reached (offline?). Use --weights none (-P weights=none) to "
+        "train from scratch, or --weights PATH with a local no-top MobileNetV2 weights file "
+        f"(for example {cached.name} copied from a machine that is online)."
+    )
+
+
+def build_base(cfg: TrainConfig) -> keras.Model:
+    """MobileNetV2 without its top, with weights, trainable depth and BN momentum applied."""
+    if cfg.weights == "imagenet":
+        check_imagenet_available(cfg.image_size)
+        weights: str | None = "imagenet"
+    else:
+        weights = None if cfg.weights == "none" else str(Path(cfg.weights).expanduser())
+    try:
+        base = keras.applications.MobileNetV2(
+            input_shape=(cfg.image_size, cfg.image_size, 3), include_top=False, weights=weights
+        )
+    except (OSError, ValueError) as exc:
+        if cfg.weights in ("imagenet", "none"):
+            raise
+        raise WeightsUnavailableError(
+            f"weights={cfg.weights!r}: cannot load this file into MobileNetV2 without its top "
+            f"({exc}). Give a no-top MobileNetV2 weights file, or --weights none."
+        ) from None
+    base.name = BASE_NAME
+    set_trainable_layers(base, cfg.trainable_base_layers)
+    set_batchnorm_momentum(base, cfg.batchnorm_momentum)
+    return base
+
+
+def set_trainable_layers(base: keras.Model, count: int) -> None:
+    """Make the top ``count`` layers of ``base`` trainable and freeze the rest."""
+    base.trainable = count > 0
+    if count <= 0:
+        return
+    for index, layer in enumerate(base.layers):
+        layer.trainable = index >= len(base.layers) - count
+
+
+def set_batchnorm_momentum(base: keras.Model, momentum: float) -> None:
+    """Set the moving-average momentum of every BatchNormalization layer.
+
+    Keras builds MobileNetV2 with 0.999. Trained from scratch, the weights move faster than
+    such a slow average can follow, and inference (moving statistics) then outputs one constant:
+    validation accuracy 0.50 while training accuracy passes 0.9 (see NOTES). 0.99 tracks them.
+    """
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+
+
+def build_model(cfg: TrainConfig) -> keras.Model:
+    """Input (32x32 RGB, [0, 255]) -> resize -> scale to [-1, 1] -> base -> reference head."""
+    inputs = keras.Input((NATIVE_SIZE, NATIVE_SIZE, 3), name="image")
+    x = inputs
+    if cfg.image_size != NATIVE_SIZE:
+        x = keras.layers.Resizing(cfg.image_size, cfg.image_size, name="resize")(x)
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="scale")(x)
+    x = build_base(cfg)(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dense(cfg.dense_units, activation="relu", name="dense")(x)
+    x = keras.layers.Dropout(cfg.dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="prob_fake", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="cifake_mobilenetv2")
+
+
+def export_saved_model(model: keras.Model, path: str | Path) -> Path:
+    """Write a TensorFlow SavedModel whose ``serve`` endpoint maps uint8 images to prob_fake.
+
+    The endpoint calls the model with ``training=False`` explicitly: a bare call would let a
+    preprocessing layer's ``training=True`` default reach BatchNorm (NOTES, export trap), making
+    outputs wrong and dependent on the batch size.
+    """
+    path = Path(path)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(images: tf.Tensor) -> tf.Tensor:
+        return model(tf.cast(images, tf.float32), training=False)
+
+    archive.add_endpoint(
+        name="serve",
+        fn=serve,
+        input_signature=[
+            tf.TensorSpec((None, NATIVE_SIZE, NATIVE_SIZE, 3), tf.uint8, name="images")
+        ],
+    )
+    archive.write_out(str(path), verbose=False)
+    return path

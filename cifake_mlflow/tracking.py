@@ -1,0 +1,302 @@
+"""Everything MLflow: store, experiment, run names, params, metrics, artifacts and the model.
+
+Nothing else in the package imports mlflow for logging; training and evaluation hand their
+results here. The store defaults to an embedded ``sqlite:///mlflow.db`` with artifacts in
+``mlruns/`` beside it; ``MLFLOW_TRACKING_URI`` points everything at a server instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlparse
+
+import keras
+import mlflow
+import numpy as np
+from mlflow.data.meta_dataset import MetaDataset
+
+import cifake_mlflow
+from cifake_mlflow import plots
+from cifake_mlflow.config import TrainConfig
+from cifake_mlflow.data import Dataset, Splits
+from cifake_mlflow.evaluate import Evaluation
+from cifake_mlflow.model import export_saved_model
+from cifake_mlflow.pyfunc import CifakeDetector, signature
+from cifake_mlflow.train import TrainResult
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+ARTIFACT_FOLDER = "mlruns"  # the folder MLflow itself uses beside a sqlite store
+MODEL_NAME_IN_RUN = "model"
+
+
+# -- store and experiment --------------------------------------------------------------------
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the embedded sqlite store in the working folder."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def local_artifact_root(uri: str) -> str | None:
+    """For a local sqlite store: ``mlruns/`` beside the database file, as a file URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite":
+        return None
+    db_path = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else Path("mlflow.db")
+    return (db_path.resolve().parent / ARTIFACT_FOLDER).as_uri()
+
+
+def use_experiment(name: str) -> str:
+    """Select (creating if needed) the experiment; returns its id.
+
+    Under ``mlflow run`` the run already exists in the experiment the user chose, so the
+    experiment is left alone.
+    """
+    uri = tracking_uri()
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return mlflow.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        root = local_artifact_root(uri)
+        location = f"{root}/{name}" if root else None
+        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """Readable in the MLflow UI: model, input size, weights, depth, lr, dropout."""
+    if cfg.run_name:
+        return cfg.run_name
+    weights = cfg.weights if cfg.weights in ("imagenet", "none") else "file"
+    return (
+        f"mnv2-{cfg.image_size}px-{weights}-u{cfg.trainable_base_layers}"
+        f"-lr{cfg.learning_rate:g}-do{cfg.dropout:g}"
+    )
+
+
+# -- params and tags -------------------------------------------------------------------------
+def git_commit() -> str:
+    """The source commit, or 'unknown' outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+            cwd=Path(cifake_mlflow.__file__).parent,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def weights_source(cfg: TrainConfig) -> str:
+    """Human-readable origin of the base weights (with a digest for a local file)."""
+    if cfg.weights == "imagenet":
+        return "imagenet (keras.applications download)"
+    if cfg.weights == "none":
+        return "none (random init, trained from scratch)"
+    data = Path(cfg.weights).expanduser().read_bytes()
+    return f"file {Path(cfg.weights).name} sha256:{hashlib.sha256(data).hexdigest()[:16]}"
+
+
+def run_params(cfg: TrainConfig, ds: Dataset, splits: Splits) -> dict[str, str]:
+    """The resolved config, dataset facts, weights source and versions."""
+    import tensorflow as tf
+
+    params = cfg.to_params()
+    params.update(
+        {
+            "trainable_base_layers": str(cfg.trainable_base_layers),
+            "batchnorm_momentum": str(cfg.batchnorm_momentum),
+            "dataset_digest": ds.digest,
+            "dataset_source": str(Path(ds.source).resolve()),
+            "n_train": str(len(splits.train)),
+            "n_val": str(len(splits.val)),
+            "n_test": str(len(splits.test)),
+            "dropped_train_duplicates": str(splits.dropped_train_duplicates),
+            "dropped_test_leaks": str(splits.dropped_test_leaks),
+            "weights_source": weights_source(cfg),
+            "tensorflow_version": tf.__version__,
+            "keras_version": keras.__version__,
+            "mlflow_version": mlflow.__version__,
+            "python_version": platform.python_version(),
+            "git_commit": git_commit(),
+        }
+    )
+    params.update({f"data_{k}": str(v) for k, v in ds.report.counts.items()})
+    return params
+
+
+def log_params_once(params: Mapping[str, str]) -> None:
+    """Log params the run does not hold yet.
+
+    ``mlflow run`` logs the entry point's parameters itself, as typed (``1e-3``); logging the
+    same key again with another spelling (``0.001``) would fail, so those are kept as given.
+    """
+    run = mlflow.active_run()
+    existing = mlflow.get_run(run.info.run_id).data.params if run else {}
+    mlflow.log_params({k: v for k, v in params.items() if k not in existing})
+
+
+def run_tags(cfg: TrainConfig, ds: Dataset) -> dict[str, str]:
+    return {
+        "mlflow.runName": run_name(cfg),
+        "task": "train",
+        "model_family": "MobileNetV2",
+        "weights": cfg.weights if cfg.weights in ("imagenet", "none") else "file",
+        "image_size": str(cfg.image_size),
+        "dataset_digest": ds.digest[:12],
+    }
+
+
+# -- metrics ---------------------------------------------------------------------------------
+class MlflowEpochLogger(keras.callbacks.Callback):
+    """Logs every epoch's metrics (train and validation twins, lr, time) at step = epoch."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        finite = {k: float(v) for k, v in (logs or {}).items() if _is_finite(v)}
+        mlflow.log_metrics(finite, step=epoch + 1)
+
+
+def _is_finite(value: object) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+# -- datasets --------------------------------------------------------------------------------
+def split_digest(ds: Dataset, rows: np.ndarray) -> str:
+    """Order-independent digest of the images in ``rows`` (content hashes and labels)."""
+    keys = sorted(f"{ds.labels[i]}{ds.hashes[i].hex()}" for i in rows)
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+
+
+def log_datasets(ds: Dataset, splits: Splits) -> None:
+    """Log train, validation and test as MLflow dataset inputs with their digests."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    with warnings.catch_warnings():  # MLflow registers its local source twice and warns so
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(Path(ds.source).resolve().as_uri())
+    for context, rows in (
+        ("training", splits.train),
+        ("validation", splits.val),
+        ("testing", splits.test),
+    ):
+        meta = MetaDataset(source=source, name=f"cifake-{context}", digest=split_digest(ds, rows))
+        mlflow.log_input(meta, context=context)
+
+
+# -- artifacts -------------------------------------------------------------------------------
+def log_json(data: object, path: str) -> None:
+    mlflow.log_dict(json.loads(json.dumps(data, default=_jsonable)), path)
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def log_data_report(ds: Dataset, splits: Splits) -> None:
+    """Counts, bad and resized files, duplicates and leakage, as ``data/report.json``."""
+    report = ds.report.to_dict()
+    report["splits"] = {
+        "train": len(splits.train),
+        "val": len(splits.val),
+        "test": len(splits.test),
+        "dropped_train_duplicates": splits.dropped_train_duplicates,
+        "dropped_test_leaks": splits.dropped_test_leaks,
+    }
+    log_json(report, "data/report.json")
+    mlflow.log_metrics(
+        {
+            "data_bad_files": len(ds.report.bad_files),
+            "data_resized_files": len(ds.report.resized_files),
+        }
+    )
+
+
+def log_training(result: TrainResult) -> None:
+    """Training curves, the per-epoch history and how training ended."""
+    mlflow.log_figure(plots.history_figure(result.history), "training/curves.png")
+    log_json(result.history, "training/history.json")
+    mlflow.log_metrics(
+        {
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "train_seconds": result.seconds,
+        }
+    )
+    mlflow.set_tag("stopped_early", str(result.stopped_early).lower())
+
+
+def log_evaluation(ev: Evaluation, images: np.ndarray, prefix: str = "test") -> None:
+    """The reference table as metrics, text and JSON, plus confusion, ROC and error grid."""
+    mlflow.log_metrics(ev.flat(f"{prefix}_"))
+    folder = "evaluation"
+    mlflow.log_text(ev.text, f"{folder}/classification_report.txt")
+    log_json(ev.table, f"{folder}/classification_report.json")
+    mlflow.log_figure(
+        plots.confusion_figure(ev.labels, ev.scores, ev.threshold), f"{folder}/confusion_matrix.png"
+    )
+    mlflow.log_figure(plots.roc_figure(ev.labels, ev.scores), f"{folder}/roc_curve.png")
+    mlflow.log_figure(
+        plots.misclassified_figure(images, ev.labels, ev.scores, ev.threshold),
+        f"{folder}/misclassified.png",
+    )
+
+
+def log_detector(model: keras.Model, cfg: TrainConfig) -> str:
+    """Log the model as a pyfunc around a TensorFlow SavedModel; returns its model URI.
+
+    The Keras file travels with it (artifact ``keras_model``) for warm starts and re-evaluation.
+    """
+    package = Path(cifake_mlflow.__file__).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = export_saved_model(model, Path(tmp) / "saved_model")
+        keras_file = Path(tmp) / "detector.keras"
+        model.save(keras_file)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME_IN_RUN,
+            python_model=CifakeDetector(),
+            artifacts={"saved_model": str(saved), "keras_model": str(keras_file)},
+            code_paths=[str(package)],
+            signature=signature(cfg.threshold),
+            model_config={"threshold": cfg.threshold, "image_size": cfg.image_size},
+            pip_requirements=_requirements(),
+        )
+    return info.model_uri
+
+
+def _requirements() -> list[str]:
+    """Pinned serving requirements (skips MLflow's slow requirement inference)."""
+    import pandas
+    import PIL
+    import tensorflow as tf
+
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"tensorflow=={tf.__version__}",
+        f"keras=={keras.__version__}",
+        f"numpy=={np.__version__}",
+        f"pandas=={pandas.__version__}",
+        f"pillow=={PIL.__version__}",
+    ]

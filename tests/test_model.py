@@ -1,0 +1,163 @@
+"""Model building: weights sources, trainable depth, BatchNorm settings and the export."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras.src.backend import config as keras_config
+from keras.src.legacy.saving import legacy_h5_format
+
+from cifake_mlflow import model as model_module
+from cifake_mlflow.config import MOBILENETV2_DEPTH, TrainConfig
+from cifake_mlflow.model import (
+    BASE_NAME,
+    WeightsUnavailableError,
+    build_base,
+    build_model,
+    export_saved_model,
+    imagenet_weights_file,
+)
+from cifake_mlflow.train import BatchNormCalibrator
+
+
+def small(**changes: object) -> TrainConfig:
+    return TrainConfig(**{"weights": "none", "image_size": 32, **changes})
+
+
+def test_depth_constant_matches_keras() -> None:
+    base = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None)
+    assert len(base.layers) == MOBILENETV2_DEPTH
+
+
+def test_from_scratch_trains_whole_base_with_faster_batchnorm() -> None:
+    base = build_base(small())
+    assert all(layer.trainable for layer in base.layers)
+    momenta = {
+        layer.momentum
+        for layer in base.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    }
+    assert momenta == {0.99}
+
+
+def test_unfrozen_layers_freezes_all_but_the_top() -> None:
+    base = build_base(small(unfrozen_layers=30))
+    flags = [layer.trainable for layer in base.layers]
+    assert flags[-30:] == [True] * 30
+    assert not any(flags[:-30])
+
+
+def test_zero_unfrozen_layers_freezes_the_base() -> None:
+    model = build_model(small(unfrozen_layers=0))
+    base = model.get_layer(BASE_NAME)
+    assert base.trainable is False
+    trainable = {w.path.split("/")[0] for w in model.trainable_weights}
+    assert trainable == {"dense", "prob_fake"}
+
+
+def test_model_resizes_inside_the_graph() -> None:
+    model = build_model(small(image_size=64))
+    assert model.input_shape == (None, 32, 32, 3)
+    assert model.get_layer("resize").output.shape[1:3] == (64, 64)
+    assert model.get_layer(BASE_NAME).input_shape[1:3] == (64, 64)
+
+
+def test_weights_file_is_loaded(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(1)
+    source = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), include_top=False, weights=None
+    )
+    path = tmp_path / "base.weights.h5"
+    source.save_weights(path)
+    base = build_base(TrainConfig(weights=str(path), image_size=32))
+    for ours, theirs in zip(base.weights, source.weights, strict=True):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    assert sum(layer.trainable for layer in base.layers) == 30  # pretrained: reference depth
+
+
+def test_weights_file_of_another_model_is_refused(tmp_path: Path) -> None:
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    path = tmp_path / "other.weights.h5"
+    other.save_weights(path)
+    with pytest.raises(WeightsUnavailableError, match=r"other\.weights\.h5"):
+        build_base(TrainConfig(weights=str(path), image_size=32))
+
+
+def test_imagenet_uses_a_locally_cached_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Keras download path, exercised offline through its local cache."""
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "keras"))
+    target = imagenet_weights_file(96)
+    target.parent.mkdir(parents=True)
+    keras.utils.set_random_seed(2)
+    reference = keras.applications.MobileNetV2(
+        input_shape=(96, 96, 3), include_top=False, weights=None
+    )
+    # Keras reads this exact file name, in the legacy HDF5 layout, from its cache.
+    with h5py.File(target, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, reference)
+    base = build_base(TrainConfig(weights="imagenet", image_size=96))
+    np.testing.assert_array_equal(base.weights[0].numpy(), reference.weights[0].numpy())
+
+
+def test_imagenet_offline_fails_fast_with_alternatives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "empty"))
+    monkeypatch.setattr(model_module, "WEIGHTS_HOST", "unreachable.invalid")
+    start = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError) as info:
+        build_base(TrainConfig(weights="imagenet", image_size=32))
+    assert time.perf_counter() - start < 15
+    message = str(info.value)
+    assert "--weights none" in message
+    assert "--weights PATH" in message
+
+
+def test_calibrator_sets_exact_average_of_batch_statistics() -> None:
+    inputs = keras.Input((3,))
+    outputs = keras.layers.BatchNormalization(momentum=0.999, name="bn")(inputs)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc=5.0, scale=2.0, size=(16, 3)).astype("float32") for _ in range(4)]
+    dataset = tf.data.Dataset.from_tensor_slices((np.stack(batches), np.zeros((4, 16)))).map(
+        lambda x, y: (x, y)
+    )
+    used = BatchNormCalibrator(model)(dataset)
+    assert used == 4
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(
+        bn.moving_mean.numpy(), np.mean([b.mean(axis=0) for b in batches], axis=0), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        bn.moving_variance.numpy(), np.mean([b.var(axis=0) for b in batches], axis=0), rtol=1e-4
+    )
+    assert bn.momentum == 0.999  # restored afterwards
+
+
+def test_saved_model_matches_predict_at_any_batch_size(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(3)
+    model = build_model(small(image_size=48))
+    rng = np.random.default_rng(0)
+    # Give BatchNorm non-trivial statistics so that outputs differ between images.
+    calibration = tf.data.Dataset.from_tensor_slices(
+        (rng.integers(0, 256, (256, 32, 32, 3)).astype("float32"), np.zeros(256))
+    ).batch(64)
+    BatchNormCalibrator(model)(calibration)
+    images = rng.integers(0, 256, (64, 32, 32, 3)).astype(np.uint8)
+    expected = model.predict(images.astype("float32"), verbose=0).ravel()
+    assert expected.std() > 1e-4
+    saved = tf.saved_model.load(str(export_saved_model(model, tmp_path / "sm")))
+    whole = saved.serve(tf.constant(images)).numpy().ravel()
+    single = np.array(
+        [saved.serve(tf.constant(images[i : i + 1])).numpy().item() for i in range(8)]
+    )
+    np.testing.assert_allclose(whole, expected, atol=1e-5)
+    np.testing.assert_allclose(single, expected[:8], atol=1e-5)
