@@ -17,13 +17,13 @@ from typing import Any
 
 import click
 
-from cifake_mlflow.config import ConfigError, TrainConfig, field_type
+from cifake_mlflow.config import ConfigError, TrainConfig, TuneConfig, field_type
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _metavar(name: str) -> str:
-    base, choices = field_type(name)
+def _metavar(name: str, cls: type) -> str:
+    base, choices = field_type(name, cls)
     if name in ("unfrozen_layers", "max_train_images", "max_test_images"):
         return "INT|all" + ("|auto" if name == "unfrozen_layers" else "")
     if choices:
@@ -31,30 +31,48 @@ def _metavar(name: str) -> str:
     return {int: "INT", float: "FLOAT", bool: "BOOL"}.get(base, "TEXT")
 
 
-def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add one ``--field-name`` (also ``--field_name``) option per TrainConfig field."""
-    defaults = TrainConfig().to_params()
-    for f in reversed(dataclasses.fields(TrainConfig)):
-        shown = defaults[f.name]
-        names = [f"--{f.name.replace('_', '-')}"]
-        if "_" in f.name:
-            names.append(f"--{f.name}")
-        func = click.option(
-            *names,
-            f.name,
-            default=None,
-            metavar=_metavar(f.name),
-            help=f"{f.metadata['help']}  [default: {shown}]",
-        )(func)
-    return func
+def options_for(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add one ``--field-name`` (also ``--field_name``) option per field of config ``cls``."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        defaults = {f.name: _shown(cls, f) for f in dataclasses.fields(cls)}
+        for f in reversed(dataclasses.fields(cls)):
+            names = [f"--{f.name.replace('_', '-')}"]
+            if "_" in f.name:
+                names.append(f"--{f.name}")
+            func = click.option(
+                *names,
+                f.name,
+                default=None,
+                metavar=_metavar(f.name, cls),
+                help=f"{f.metadata['help']}  [default: {defaults[f.name]}]",
+            )(func)
+        return func
+
+    return decorate
 
 
-def build_config(values: dict[str, str | None]) -> TrainConfig:
-    """TrainConfig from option text; a bad value becomes a usage error naming it."""
+def _shown(cls: type, f: dataclasses.Field) -> str:
+    return TrainConfig().to_params()[f.name] if cls is TrainConfig else str(f.default)
+
+
+config_options = options_for(TrainConfig)
+
+
+def build_config(values: dict[str, str | None], cls: type = TrainConfig) -> Any:
+    """A config from option text; a bad value becomes a usage error naming it."""
     try:
-        return TrainConfig.from_strings(values)
+        return cls.from_strings(values)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def split_options(options: dict[str, str | None]) -> tuple[TrainConfig, TuneConfig]:
+    """Training and tuning configs from one command's options."""
+    tune_names = {f.name for f in dataclasses.fields(TuneConfig)}
+    train = {k: v for k, v in options.items() if k not in tune_names}
+    tune = {k: v for k, v in options.items() if k in tune_names}
+    return build_config(train), build_config(tune, TuneConfig)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -85,6 +103,85 @@ def train(**options: str | None) -> None:
         train_and_log(cfg)
     except (DataError, WeightsUnavailableError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@options_for(TuneConfig)
+@config_options
+def tune(**options: str | None) -> None:
+    """Run (or resume) an Optuna study; each trial is a nested MLflow run; register the best.
+
+    \b
+    Trials sample the parameters declared in --search-space (tuning/search_space.yaml) on top
+    of the training options given here. The study resumes when the same --study-name and
+    --storage are used again; several workers can share a PostgreSQL storage:
+      cifake tune --storage postgresql://postgres@127.0.0.1:5432/optuna --n-trials 20 ...
+    """
+    from cifake_mlflow.data import DataError
+    from cifake_mlflow.model import WeightsUnavailableError
+    from cifake_mlflow.registry import RegistryError
+    from cifake_mlflow.tuning import TuningError, run_study
+
+    train_cfg, tune_cfg = split_options(options)
+    try:
+        result = run_study(train_cfg, tune_cfg)
+    except (DataError, WeightsUnavailableError, TuningError, RegistryError) as exc:
+        raise click.ClickException(str(exc)) from None
+    best = result.best_trial
+    if best is None:
+        click.echo("no trial completed")
+        return
+    click.echo(f"best trial {best.number}: {tune_cfg.metric}={best.value:.4f} {best.params}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--model-name", default="cifake-detector", show_default=True)
+@click.option(
+    "--margin",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="a new version must beat the champion by this much to take 'champion'",
+)
+@click.option("--data", default=None, help="dataset for the gate (default: the run's data)")
+def register(run_id: str, model_name: str, margin: float, data: str | None) -> None:
+    """Register RUN_ID's model and gate it against the champion.
+
+    Both models are scored on the validation split the run's own settings carve from the data
+    (never the test split); the alias 'champion' moves only if the new version wins by MARGIN,
+    otherwise the version becomes 'challenger'. The first version becomes champion.
+    """
+    import mlflow
+
+    from cifake_mlflow import registry, tracking
+    from cifake_mlflow.data import DataError
+    from cifake_mlflow.workflow import prepare_data
+
+    tracking.tracking_uri()
+    try:
+        run = mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        raise click.ClickException(f"no run {run_id}: {exc.message}") from None
+    known = set(TrainConfig().to_params())
+    values = {k: v for k, v in run.data.params.items() if k in known}
+    if data:
+        values["data"] = data
+    cfg = build_config(values)
+    try:
+        ds, splits = prepare_data(cfg)
+        decision = registry.register_and_gate(
+            run.data.tags["model_uri"],
+            model_name,
+            ds.images[splits.val],
+            ds.labels[splits.val],
+            margin=margin,
+            tags={"run_id": run_id, "dataset_digest": ds.digest},
+            description=f"Registered from run {run_id} ({run.info.run_name}).",
+        )
+    except (DataError, registry.RegistryError, KeyError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{model_name} v{decision.version} -> {decision.alias}: {decision.reason}")
 
 
 @main.group()

@@ -69,6 +69,13 @@ class TrainConfig:
         default="imagenet",
         **_help("base weights: 'imagenet' (Keras download), 'none' (from scratch), or a file"),
     )
+    init_from: str | None = field(
+        default=None,
+        **_help(
+            "warm start: a trained detector (.keras file, runs:/..., models:/name@alias) whose "
+            "weights seed this model ('none')"
+        ),
+    )
     bn_momentum: float | None = field(
         default=None,
         **_help(
@@ -163,8 +170,8 @@ class TrainConfig:
     # -- derived values ----------------------------------------------------------------------
     @property
     def pretrained(self) -> bool:
-        """True when the base starts from learned weights (ImageNet or a file)."""
-        return self.weights != "none"
+        """True when the base starts from learned weights (ImageNet, a file, a warm start)."""
+        return self.weights != "none" or self.init_from is not None
 
     @property
     def trainable_base_layers(self) -> int:
@@ -207,14 +214,15 @@ _NONE_WORDS = {
     "bn_momentum": ("auto",),
     "cache_dir": ("auto",),
     "run_name": ("auto", ""),
+    "init_from": ("none", ""),
     "max_train_images": ("all",),
     "max_test_images": ("all",),
 }
 
 
-def field_type(name: str) -> tuple[type, tuple[str, ...] | None]:
+def field_type(name: str, cls: type | None = None) -> tuple[type, tuple[str, ...] | None]:
     """The field's base type (int, float, bool, str) and its Literal choices, if any."""
-    hints = typing.get_type_hints(TrainConfig)
+    hints = typing.get_type_hints(cls or TrainConfig)
     hint = hints[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) is Literal:
@@ -224,7 +232,7 @@ def field_type(name: str) -> tuple[type, tuple[str, ...] | None]:
     return hint, None
 
 
-def parse_value(name: str, raw: object) -> Any:
+def parse_value(name: str, raw: object, cls: type | None = None) -> Any:
     """Parse one textual value for field ``name``; raise :class:`ConfigError` if it does not fit."""
     if not isinstance(raw, str):
         return raw
@@ -233,7 +241,7 @@ def parse_value(name: str, raw: object) -> Any:
         return None
     if name == "unfrozen_layers" and text.lower() == "all":
         return MOBILENETV2_DEPTH
-    base, choices = field_type(name)
+    base, choices = field_type(name, cls)
     try:
         if base is bool:
             return _parse_bool(text)
@@ -266,10 +274,10 @@ def _show(name: str, value: object) -> str:
 
 
 # -- checks ------------------------------------------------------------------------------------
-def _check_types(cfg: TrainConfig) -> None:
+def _check_types(cfg: Any) -> None:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        base, choices = field_type(f.name)
+        base, choices = field_type(f.name, type(cfg))
         if value is None and f.name in _NONE_WORDS:
             continue
         ok = isinstance(value, base) and not (base is int and isinstance(value, bool))
@@ -283,7 +291,7 @@ def _check_types(cfg: TrainConfig) -> None:
             raise ConfigError(f.name, value, f"one of {', '.join(choices)}")
 
 
-def _positive(cfg: TrainConfig, *names: str) -> None:
+def _positive(cfg: Any, *names: str) -> None:
     for name in names:
         if getattr(cfg, name) < 1:
             raise ConfigError(name, getattr(cfg, name), "a positive integer")
@@ -318,3 +326,68 @@ def _check_weights(weights: str) -> None:
             "'imagenet', 'none', or the path of an existing weights file (.h5 / .weights.h5); "
             "no such file",
         )
+
+
+# -- tuning ------------------------------------------------------------------------------------
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """How an Optuna study runs; the trials' training settings come from :class:`TrainConfig`."""
+
+    study_name: str = field(default="cifake", **_help("Optuna study name (resumed if it exists)"))
+    storage: str = field(
+        default="sqlite:///optuna.db",
+        **_help("Optuna storage URL: sqlite:///FILE, or postgresql://USER@HOST/DB for workers"),
+    )
+    n_trials: int = field(
+        default=10, **_help("finished (complete or pruned) trials the study should end with")
+    )
+    search_space: str = field(
+        default="tuning/search_space.yaml", **_help("YAML file declaring the parameter ranges")
+    )
+    metric: str = field(
+        default="val_roc_auc",
+        **_help("validation metric of the best epoch to optimise (val_loss is minimised)"),
+    )
+    pruner: Literal["median", "halving", "none"] = field(
+        default="median", **_help("stop unpromising trials after each epoch")
+    )
+    sampler_seed: int = field(default=42, **_help("seed of the TPE sampler"))
+    heartbeat_interval: int = field(
+        default=60,
+        **_help("seconds between trial heartbeats; a trial silent for twice this is failed"),
+    )
+    register: bool = field(default=True, **_help("register the best trial's model afterwards"))
+    model_name: str = field(default="cifake-detector", **_help("registered model name"))
+    margin: float = field(
+        default=0.0, **_help("champion gate: a new version must beat the champion by this much")
+    )
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _positive(self, "n_trials", "heartbeat_interval")
+        if self.metric not in ("val_loss", "val_accuracy", "val_roc_auc"):
+            raise ConfigError("metric", self.metric, "one of val_loss, val_accuracy, val_roc_auc")
+        scheme = self.storage.split(":", 1)[0].split("+", 1)[0]
+        if "://" not in self.storage or scheme not in STORAGE_SCHEMES:
+            raise ConfigError(
+                "storage",
+                self.storage,
+                "an Optuna storage URL such as sqlite:///optuna.db or "
+                "postgresql://postgres@127.0.0.1:5432/optuna",
+            )
+        if not self.study_name.strip() or not self.model_name.strip():
+            raise ConfigError("study_name/model_name", self.study_name, "a non-empty name")
+        if self.margin < 0:
+            raise ConfigError("margin", self.margin, "a number >= 0")
+
+    @property
+    def direction(self) -> str:
+        return "minimize" if self.metric == "val_loss" else "maximize"
+
+    @classmethod
+    def from_strings(cls, values: dict[str, str | None]) -> TuneConfig:
+        parsed = {k: parse_value(k, v, cls) for k, v in values.items() if v is not None}
+        return cls(**parsed)

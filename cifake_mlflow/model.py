@@ -108,6 +108,30 @@ def build_model(cfg: TrainConfig) -> keras.Model:
     return keras.Model(inputs, outputs, name="cifake_mobilenetv2")
 
 
+def warm_start(model: keras.Model, source: keras.Model) -> int:
+    """Copy weights from a trained detector into ``model``, layer by layer, where they fit.
+
+    The base's convolution weights do not depend on the input size, so a detector trained at
+    32 px can seed one at 96 px; layers whose shapes differ (another head width) are skipped.
+    Returns the number of layers copied.
+    """
+    copied = 0
+    for target, origin in (
+        (model, source),
+        (model.get_layer(BASE_NAME), source.get_layer(BASE_NAME)),
+    ):
+        sources = {layer.name: layer for layer in origin.layers}
+        for layer in target.layers:
+            match = sources.get(layer.name)
+            if match is None or layer.name == BASE_NAME or not layer.weights:
+                continue
+            shapes = [tuple(w.shape) for w in layer.weights]
+            if shapes == [tuple(w.shape) for w in match.weights]:
+                layer.set_weights(match.get_weights())
+                copied += 1
+    return copied
+
+
 def export_saved_model(model: keras.Model, path: str | Path) -> Path:
     """Write a TensorFlow SavedModel whose ``serve`` endpoint maps uint8 images to prob_fake.
 

@@ -68,7 +68,10 @@ def use_experiment(name: str) -> str:
     if experiment is None:
         root = local_artifact_root(uri)
         location = f"{root}/{name}" if root else None
-        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+        try:
+            experiment_id = mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # another worker created it first
+            experiment_id = mlflow.get_experiment_by_name(name).experiment_id
     else:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
@@ -264,6 +267,24 @@ def log_evaluation(ev: Evaluation, images: np.ndarray, prefix: str = "test") -> 
     )
 
 
+def keras_model_path(source: str) -> Path:
+    """A local ``.keras`` file for ``source``: a file, or a logged detector's model URI."""
+    local = Path(source).expanduser()
+    if local.is_file():
+        return local
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts(source))
+    except Exception as exc:
+        raise ValueError(
+            f"init_from={source!r}: not a file and not a model URI MLflow can load ({exc}). "
+            "Give a .keras file, runs:/<run_id>/model or models:/<name>@<alias>."
+        ) from None
+    found = next(iter(folder.rglob("detector.keras")), None)
+    if found is None:
+        raise ValueError(f"init_from={source!r}: no detector.keras in that model")
+    return found
+
+
 def log_detector(model: keras.Model, cfg: TrainConfig) -> str:
     """Log the model as a pyfunc around a TensorFlow SavedModel; returns its model URI.
 
@@ -274,15 +295,19 @@ def log_detector(model: keras.Model, cfg: TrainConfig) -> str:
         saved = export_saved_model(model, Path(tmp) / "saved_model")
         keras_file = Path(tmp) / "detector.keras"
         model.save(keras_file)
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME_IN_RUN,
-            python_model=CifakeDetector(),
-            artifacts={"saved_model": str(saved), "keras_model": str(keras_file)},
-            code_paths=[str(package)],
-            signature=signature(cfg.threshold),
-            model_config={"threshold": cfg.threshold, "image_size": cfg.image_size},
-            pip_requirements=_requirements(),
-        )
+        with warnings.catch_warnings():
+            # The explicit signature is the contract; MLflow's hints about type hints and
+            # input examples do not apply to this model.
+            warnings.filterwarnings("ignore", message=".*(type hint|input example).*")
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME_IN_RUN,
+                python_model=CifakeDetector(),
+                artifacts={"saved_model": str(saved), "keras_model": str(keras_file)},
+                code_paths=[str(package)],
+                signature=signature(cfg.threshold),
+                model_config={"threshold": cfg.threshold, "image_size": cfg.image_size},
+                pip_requirements=_requirements(),
+            )
     return info.model_uri
 
 

@@ -7,7 +7,7 @@ is checked before the MLflow run starts, so bad input leaves no half-made run be
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import keras
@@ -19,7 +19,7 @@ from cifake_mlflow import tracking
 from cifake_mlflow.config import TrainConfig
 from cifake_mlflow.data import Dataset, Splits, load_dataset, make_splits
 from cifake_mlflow.evaluate import Evaluation, evaluate
-from cifake_mlflow.model import build_model
+from cifake_mlflow.model import build_model, warm_start
 from cifake_mlflow.pipeline import augmenter, make_dataset
 from cifake_mlflow.train import TrainResult, fit
 
@@ -76,44 +76,78 @@ def train_and_log(
     nested: bool = False,
     tags: Mapping[str, str] | None = None,
     verbose: int | None = None,
+    killed_on: tuple[type[BaseException], ...] = (),
+    on_run_start: Callable[[str], None] | None = None,
 ) -> RunSummary:
-    """Train, evaluate on test and log everything to one MLflow run."""
+    """Train, evaluate on test and log everything to one MLflow run.
+
+    The run ends FINISHED, KILLED (Ctrl-C, or an exception listed in ``killed_on`` such as
+    Optuna's ``TrialPruned``) or FAILED (any other exception, re-raised); never RUNNING.
+    ``on_run_start`` receives the run id as soon as the run exists.
+    """
     tracking.use_experiment(cfg.experiment)
     ds, splits = data if data is not None else prepare_data(cfg)
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg)
-    with mlflow.start_run(run_name=tracking.run_name(cfg), nested=nested) as run:
+    if cfg.init_from:
+        copied = warm_start(
+            model, keras.models.load_model(tracking.keras_model_path(cfg.init_from))
+        )
+        print(f"warm start from {cfg.init_from}: {copied} layers copied", flush=True)
+    run = mlflow.start_run(run_name=tracking.run_name(cfg), nested=nested)
+    if on_run_start is not None:
+        on_run_start(run.info.run_id)
+    try:
         mlflow.set_tags({**tracking.run_tags(cfg, ds), **(tags or {})})
-        tracking.log_params_once(tracking.run_params(cfg, ds, splits))
-        tracking.log_datasets(ds, splits)
-        tracking.log_data_report(ds, splits)
-        train_data = make_dataset(
-            ds.images[splits.train],
-            ds.labels[splits.train],
-            cfg.batch_size,
-            shuffle=True,
-            augment=augmenter(cfg),
-            seed=cfg.seed,
-        )
-        val_data = make_dataset(ds.images[splits.val], ds.labels[splits.val], cfg.batch_size)
-        result = fit(
-            model,
-            train_data,
-            val_data,
-            cfg,
-            callbacks=[tracking.MlflowEpochLogger(), *callbacks],
-            verbose=verbose,
-            calibration_data=calibration_batches(cfg, ds, splits),
-        )
-        tracking.log_training(result)
-        val_metrics = best_val_metrics(result.history, result.best_epoch)
-        mlflow.log_metrics(val_metrics)
-        print(f"evaluating on {len(splits.test):,} test images ...", flush=True)
-        test = evaluate(model, ds.images[splits.test], ds.labels[splits.test], cfg.threshold)
-        tracking.log_evaluation(test, ds.images[splits.test])
-        print(test.text, flush=True)
-        print("logging the model (TensorFlow SavedModel + pyfunc) ...", flush=True)
-        model_uri = tracking.log_detector(model, cfg)
-        mlflow.set_tag("model_uri", model_uri)
-    print(f"run {run.info.run_id} ({tracking.run_name(cfg)}) -> {model_uri}", flush=True)
-    return RunSummary(run.info.run_id, model_uri, test, result, val_metrics)
+        summary = _train_in_run(cfg, model, ds, splits, callbacks, verbose)
+    except BaseException as exc:
+        killed = isinstance(exc, (KeyboardInterrupt, *killed_on))
+        mlflow.end_run(status="KILLED" if killed else "FAILED")
+        raise
+    mlflow.end_run()
+    print(f"run {summary.run_id} ({tracking.run_name(cfg)}) -> {summary.model_uri}", flush=True)
+    return summary
+
+
+def _train_in_run(
+    cfg: TrainConfig,
+    model: keras.Model,
+    ds: Dataset,
+    splits: Splits,
+    callbacks: Sequence[keras.callbacks.Callback],
+    verbose: int | None,
+) -> RunSummary:
+    """Everything that happens inside the active MLflow run."""
+    tracking.log_params_once(tracking.run_params(cfg, ds, splits))
+    tracking.log_datasets(ds, splits)
+    tracking.log_data_report(ds, splits)
+    train_data = make_dataset(
+        ds.images[splits.train],
+        ds.labels[splits.train],
+        cfg.batch_size,
+        shuffle=True,
+        augment=augmenter(cfg),
+        seed=cfg.seed,
+    )
+    val_data = make_dataset(ds.images[splits.val], ds.labels[splits.val], cfg.batch_size)
+    result = fit(
+        model,
+        train_data,
+        val_data,
+        cfg,
+        callbacks=[tracking.MlflowEpochLogger(), *callbacks],
+        verbose=verbose,
+        calibration_data=calibration_batches(cfg, ds, splits),
+    )
+    tracking.log_training(result)
+    val_metrics = best_val_metrics(result.history, result.best_epoch)
+    mlflow.log_metrics(val_metrics)
+    print(f"evaluating on {len(splits.test):,} test images ...", flush=True)
+    test = evaluate(model, ds.images[splits.test], ds.labels[splits.test], cfg.threshold)
+    tracking.log_evaluation(test, ds.images[splits.test])
+    print(test.text, flush=True)
+    print("logging the model (TensorFlow SavedModel + pyfunc) ...", flush=True)
+    model_uri = tracking.log_detector(model, cfg)
+    mlflow.set_tag("model_uri", model_uri)
+    run_id = mlflow.active_run().info.run_id
+    return RunSummary(run_id, model_uri, test, result, val_metrics)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 from cifake_mlflow.config import TrainConfig
@@ -80,3 +81,55 @@ def test_keras_default_batchnorm_collapses_on_real_cifake(
     summary = train_and_log(cfg, verbose=0)
     assert summary.test.scores.std() < 1e-3  # constant output in inference mode
     assert summary.test.table["accuracy"] == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.slow
+def test_mlflow_run_tune_on_real_cifake_registers_a_loadable_champion(
+    shared_data: Path, real_cache: Path, tracking: str, tmp_path: Path
+) -> None:
+    """`mlflow run . -e tune` on a real subset: trials run, the winner becomes champion."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(ROOT),
+        "-e",
+        "tune",
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        "real-tune",
+        "-P",
+        f"data={shared_data}",
+        "-P",
+        "weights=none",
+        "-P",
+        "image_size=32",
+        "-P",
+        "epochs=2",
+        "-P",
+        "n_trials=2",
+        "-P",
+        "max_train_images=4000",
+        "-P",
+        "max_test_images=2000",
+        "-P",
+        f"storage=sqlite:///{tmp_path / 'optuna.db'}",
+    ]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "CIFAKE_CACHE_DIR": str(real_cache)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    champion = mlflow.pyfunc.load_model("models:/cifake-detector@champion")
+    ds = load_dataset(shared_data, real_cache, progress=False)
+    rows = np.random.default_rng(0).choice(ds.indices("test"), size=512, replace=False)
+    answer = champion.predict(ds.images[rows])
+    labels = ds.labels[rows]
+    accuracy = float(((answer["prob_fake"] >= 0.5).to_numpy() == labels).mean())
+    assert accuracy > 0.6

@@ -1,0 +1,120 @@
+"""The MLflow Model Registry: register a run's detector and gate the ``champion`` alias.
+
+A new version takes ``champion`` only if it beats the current champion, both scored on the
+same evaluation images, by the configured margin; otherwise it becomes ``challenger`` and the
+reason is written on the version. The first version of a model becomes champion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from cifake_mlflow import metrics
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+GATE_METRICS = ("roc_auc", "accuracy")
+
+
+class RegistryError(RuntimeError):
+    """A registry request cannot be served; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The outcome of the champion/challenger gate for one new version."""
+
+    name: str
+    version: str
+    alias: str
+    promoted: bool
+    reason: str
+    metric: str
+    candidate_score: float
+    champion_score: float | None
+
+
+def score_model(model_uri: str, images: np.ndarray, labels: np.ndarray, metric: str) -> float:
+    """Load ``model_uri`` as pyfunc and score it on ``images`` (roc_auc or accuracy)."""
+    scores = mlflow.pyfunc.load_model(model_uri).predict(images)["prob_fake"].to_numpy()
+    if metric == "roc_auc":
+        return metrics.roc_auc(labels, scores)
+    return float(np.mean(metrics.predict_labels(scores) == np.asarray(labels).ravel()))
+
+
+def champion(name: str) -> ModelVersion | None:
+    """The version holding the champion alias, or None (also when the model does not exist)."""
+    try:
+        return MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def champion_uri(name: str) -> str:
+    """``models:/name@champion``, after checking that it exists."""
+    if champion(name) is None:
+        raise RegistryError(
+            f"registered model {name!r} has no {CHAMPION!r} alias (or does not exist). "
+            "Register a run first: cifake register RUN_ID, or run a study with cifake tune."
+        )
+    return f"models:/{name}@{CHAMPION}"
+
+
+def register_and_gate(
+    model_uri: str,
+    name: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    metric: str = "roc_auc",
+    margin: float = 0.0,
+    tags: Mapping[str, str] | None = None,
+    description: str = "",
+) -> GateDecision:
+    """Register ``model_uri`` as a new version of ``name`` and run the champion gate."""
+    if metric not in GATE_METRICS:
+        raise RegistryError(f"gate metric {metric!r}: use one of {', '.join(GATE_METRICS)}")
+    client = MlflowClient()
+    current = champion(name)
+    version = str(mlflow.register_model(model_uri, name, tags=dict(tags or {})).version)
+    candidate = score_model(f"models:/{name}/{version}", images, labels, metric)
+    if current is None:
+        decision = GateDecision(
+            name, version, CHAMPION, True, "first version of the model", metric, candidate, None
+        )
+    else:
+        held = score_model(f"models:/{name}/{current.version}", images, labels, metric)
+        promoted = candidate >= held + margin
+        verdict = "beats" if promoted else "does not beat"
+        reason = (
+            f"{metric} {candidate:.4f} {verdict} champion v{current.version} "
+            f"({held:.4f}) by the margin {margin:g} on the same {len(labels)} images"
+        )
+        alias = CHAMPION if promoted else CHALLENGER
+        decision = GateDecision(name, version, alias, promoted, reason, metric, candidate, held)
+    _record(client, decision, description)
+    return decision
+
+
+def _record(client: MlflowClient, decision: GateDecision, description: str) -> None:
+    """Aliases, gate tags and the description on the new version."""
+    client.set_registered_model_alias(decision.name, decision.alias, decision.version)
+    gate_tags = {
+        "gate_metric": decision.metric,
+        "gate_score": f"{decision.candidate_score:.6f}",
+        "gate_decision": decision.alias,
+        "gate_reason": decision.reason,
+    }
+    if decision.champion_score is not None:
+        gate_tags["gate_champion_score"] = f"{decision.champion_score:.6f}"
+    for key, value in gate_tags.items():
+        client.set_model_version_tag(decision.name, decision.version, key, value)
+    text = f"{description}\n\nGate: {decision.reason}.".strip()
+    client.update_model_version(decision.name, decision.version, description=text)

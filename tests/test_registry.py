@@ -1,0 +1,96 @@
+"""The champion/challenger gate on a real sqlite-backed MLflow Model Registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import write_cifake
+from mlflow.tracking import MlflowClient
+
+from cifake_mlflow import registry, tracking
+from cifake_mlflow.cli import main
+from cifake_mlflow.config import TrainConfig
+from cifake_mlflow.workflow import prepare_data, train_and_log
+
+
+@pytest.fixture
+def trained(tracking: str, cache_dir: Path, tmp_path: Path) -> tuple[str, TrainConfig]:
+    """One briefly trained detector (its run id) and its config."""
+    data = write_cifake(tmp_path / "cifake", {"train": 60, "test": 16}, seed=3)
+    cfg = TrainConfig(
+        data=str(data),
+        weights="none",
+        image_size=32,
+        epochs=3,
+        batch_size=16,
+        experiment="registry-test",
+    )
+    return train_and_log(cfg, verbose=0).run_id, cfg
+
+
+def inverted_model_uri(run_id: str, cfg: TrainConfig) -> str:
+    """The same detector with its output flipped (prob_fake -> 1 - prob_fake): ROC-AUC 1 - r."""
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model"))
+    model = keras.models.load_model(folder / "artifacts" / "detector.keras")
+    kernel, bias = model.get_layer("prob_fake").get_weights()
+    model.get_layer("prob_fake").set_weights([-kernel, -bias])
+    with mlflow.start_run(run_name="inverted"):
+        return tracking.log_detector(model, cfg)
+
+
+def test_gate_promotes_only_a_better_version(trained: tuple[str, TrainConfig]) -> None:
+    run_id, cfg = trained
+    ds, splits = prepare_data(cfg)
+    images, labels = ds.images[splits.val], ds.labels[splits.val]
+    good_uri = mlflow.get_run(run_id).data.tags["model_uri"]
+    good = registry.score_model(good_uri, images, labels, "roc_auc")
+    assert abs(good - 0.5) > 0.05, "precondition: the trained model must not be at chance"
+    bad_uri = inverted_model_uri(run_id, cfg)
+    worse, better = (good_uri, bad_uri) if good < 0.5 else (bad_uri, good_uri)
+    client = MlflowClient()
+
+    first = registry.register_and_gate(worse, "det", images, labels)
+    assert (first.alias, first.promoted, first.version) == (registry.CHAMPION, True, "1")
+
+    second = registry.register_and_gate(better, "det", images, labels, tags={"k": "v"})
+    assert second.promoted and second.alias == registry.CHAMPION
+    assert str(client.get_model_version_by_alias("det", "champion").version) == "2"
+    assert second.champion_score == pytest.approx(first.candidate_score)
+
+    third = registry.register_and_gate(worse, "det", images, labels)
+    assert not third.promoted and third.alias == registry.CHALLENGER
+    assert str(client.get_model_version_by_alias("det", "champion").version) == "2"
+    assert str(client.get_model_version_by_alias("det", "challenger").version) == "3"
+    version = client.get_model_version("det", "3")
+    assert "does not beat champion v2" in version.tags["gate_reason"]
+    assert "does not beat champion v2" in version.description
+    assert client.get_model_version("det", "2").tags["k"] == "v"
+
+    # The margin: an equal model does not displace the champion when a margin is required.
+    fourth = registry.register_and_gate(better, "det", images, labels, margin=0.01)
+    assert fourth.alias == registry.CHALLENGER
+    champion = mlflow.pyfunc.load_model("models:/det@champion").predict(images[:3])
+    assert list(champion.columns) == ["prob_fake", "label", "threshold"]
+    assert np.isfinite(champion["prob_fake"]).all()
+
+
+def test_model_without_champion_is_a_clear_error(tracking: str) -> None:
+    with pytest.raises(registry.RegistryError, match="no 'champion' alias"):
+        registry.champion_uri("never-registered")
+
+
+def test_register_command_registers_a_run(trained: tuple[str, TrainConfig]) -> None:
+    run_id, _ = trained
+    result = CliRunner().invoke(main, ["register", run_id, "--model-name", "cli-det"])
+    assert result.exit_code == 0, result.output
+    assert "cli-det v1 -> champion" in result.output
+    version = MlflowClient().get_model_version_by_alias("cli-det", "champion")
+    assert version.tags["run_id"] == run_id
+    missing = CliRunner().invoke(main, ["register", "0" * 32])
+    assert missing.exit_code == 1
+    assert "no run" in missing.output

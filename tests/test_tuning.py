@@ -1,0 +1,378 @@
+"""Optuna studies on generated images: nested runs, pruning, resume after a kill, scale-out on
+PostgreSQL, and bad input. Real Optuna, real MLflow, real PostgreSQL at 127.0.0.1:5432."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from conftest import ROOT, write_cifake
+from mlflow.tracking import MlflowClient
+
+from cifake_mlflow.config import TrainConfig, TuneConfig
+from cifake_mlflow.registry import CHAMPION
+from cifake_mlflow.tuning import RUN_ID_ATTR, TuningError, load_search_space, run_study
+
+PG_HOST = "127.0.0.1"
+
+
+class PruneTrialOne(optuna.pruners.BasePruner):
+    """A real Optuna pruner that prunes trial 1 at its first report (deterministic test)."""
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return trial.number == 1
+
+
+@pytest.fixture
+def space_file(tmp_path: Path) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "dropout: {low: 0.1, high: 0.5}\nlearning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}\n"
+    )
+    return path
+
+
+@pytest.fixture
+def tiny_cifake(tmp_path: Path) -> Path:
+    return write_cifake(tmp_path / "cifake", {"train": 40, "test": 16}, seed=2)
+
+
+def base_config(data: Path, **changes: object) -> TrainConfig:
+    values: dict[str, object] = {
+        "data": str(data),
+        "weights": "none",
+        "image_size": 32,
+        "epochs": 2,
+        "batch_size": 16,
+        "experiment": "tune-test",
+    }
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def runs_of(experiment: str) -> list[mlflow.entities.Run]:
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+
+
+def test_three_trial_study_nests_runs_prunes_and_registers(
+    tracking: str, cache_dir: Path, tiny_cifake: Path, space_file: Path, tmp_path: Path
+) -> None:
+    tune = TuneConfig(
+        study_name="s3",
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        n_trials=3,
+        search_space=str(space_file),
+    )
+    result = run_study(base_config(tiny_cifake), tune, pruner=PruneTrialOne(), verbose=0)
+    runs = runs_of("tune-test")
+    parent = next(r for r in runs if r.info.run_id == result.parent_run_id)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 3
+    by_trial = {int(r.data.tags["optuna.trial"]): r for r in children}
+    assert by_trial[1].info.status == "KILLED"
+    assert by_trial[1].data.tags["optuna.state"] == "PRUNED"
+    for number in (0, 2):
+        assert by_trial[number].info.status == "FINISHED"
+        assert by_trial[number].data.tags["optuna.state"] == "COMPLETE"
+        assert "test_accuracy" in by_trial[number].data.metrics
+    for trial in result.study.trials:
+        run = by_trial[trial.number]
+        assert trial.user_attrs[RUN_ID_ATTR] == run.info.run_id
+        assert run.data.params["dropout"] == str(trial.params["dropout"])
+    assert parent.info.status == "FINISHED"
+    best = result.best_trial
+    assert parent.data.params["best_dropout"] == str(best.params["dropout"])
+    assert parent.data.metrics["best_val_roc_auc"] == pytest.approx(best.value)
+    artifacts = {a.path for a in MlflowClient().list_artifacts(parent.info.run_id, "optuna")}
+    assert "optuna/optimization_history.png" in artifacts
+    assert {"optuna/slice.png", "optuna/parallel_coordinate.png"} <= artifacts
+    assert result.decision is not None and result.decision.alias == CHAMPION
+    version = MlflowClient().get_model_version_by_alias("cifake-detector", CHAMPION)
+    assert version.tags["optuna.trial"] == str(best.number)
+    assert version.tags["run_id"] == best.user_attrs[RUN_ID_ATTR]
+    assert mlflow.pyfunc.load_model("models:/cifake-detector@champion") is not None
+
+
+def tune_command(data: Path, storage: str, space: Path, n_trials: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "tuning" / "tune.py"),
+        "--data",
+        str(data),
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--experiment",
+        "tune-test",
+        "--storage",
+        storage,
+        "--search-space",
+        str(space),
+        "--n-trials",
+        str(n_trials),
+        "--pruner",
+        "none",
+        "--register",
+        "false",
+        *extra,
+    ]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_killed_study_resumes_without_running_leftovers(
+    tracking: str, cache_dir: Path, tiny_cifake: Path, space_file: Path, tmp_path: Path
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    command = tune_command(
+        tiny_cifake,
+        storage,
+        space_file,
+        2,
+        "--epochs",
+        "6",
+        "--heartbeat-interval",
+        "1",
+        "--study-name",
+        "resume",
+    )
+    worker = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ}
+    )
+
+    def trial_running() -> bool:
+        try:
+            study = optuna.load_study(study_name="resume", storage=storage)
+        except KeyError:
+            return False
+        running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        return bool(running and RUN_ID_ATTR in running[0].user_attrs)
+
+    try:
+        wait_for(trial_running, 300, "a running trial")
+        time.sleep(3)  # mid-epoch
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(30)
+    time.sleep(3)  # past the heartbeat grace period (2 x 1 s)
+    done = subprocess.run(
+        tune_command(
+            tiny_cifake,
+            storage,
+            space_file,
+            2,
+            "--epochs",
+            "1",
+            "--heartbeat-interval",
+            "1",
+            "--study-name",
+            "resume",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = optuna.load_study(study_name="resume", storage=storage)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+    assert states.count(optuna.trial.TrialState.FAIL) == 1  # the killed trial, not lost
+    runs = runs_of("tune-test")
+    assert [r for r in runs if r.info.status == "RUNNING"] == []
+    failed = next(t for t in study.trials if t.state == optuna.trial.TrialState.FAIL)
+    assert mlflow.get_run(failed.user_attrs[RUN_ID_ATTR]).info.status == "FAILED"
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database; skips (or fails where CI requires it) without a server."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(
+            host=PG_HOST,
+            port=5432,
+            user="postgres",
+            dbname="postgres",
+            connect_timeout=3,
+            autocommit=True,
+        )
+    except psycopg.OperationalError as exc:
+        reason = f"PostgreSQL not reachable at {PG_HOST}:5432 ({exc})"
+        if os.environ.get("CIFAKE_REQUIRE_POSTGRES"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    name = f"cifake_test_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@{PG_HOST}:5432/{name}"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(postgres_url: str, tmp_path: Path) -> Iterator[str]:
+    """`mlflow server` with a PostgreSQL backend store, as the README sets it up."""
+    name = postgres_url.rsplit("/", 1)[1] + "_mlflow"
+    backend = f"postgresql://postgres@{PG_HOST}:5432/{name}"
+    import psycopg
+
+    admin = psycopg.connect(
+        host=PG_HOST, port=5432, user="postgres", dbname="postgres", autocommit=True
+    )
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {backend.rsplit('/', 1)[1]}")
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            (tmp_path / "server-artifacts").as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        def up() -> bool:
+            try:
+                return urllib.request.urlopen(f"{url}/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_for(up, 120, "mlflow server")
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {backend.rsplit('/', 1)[1]} WITH (FORCE)")
+        admin.close()
+
+
+def test_two_workers_share_one_postgres_study(
+    postgres_url: str,
+    mlflow_server: str,
+    cache_dir: Path,
+    tiny_cifake: Path,
+    space_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    optuna.create_study(study_name="shared", storage=postgres_url, direction="maximize")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
+    command = tune_command(
+        tiny_cifake, postgres_url, space_file, 4, "--epochs", "1", "--study-name", "shared"
+    )
+    workers = [
+        subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    for worker in workers:
+        _, err = worker.communicate(timeout=900)
+        assert worker.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) == 4
+    assert len({t.number for t in finished}) == 4
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    runs = runs_of("tune-test")
+    children = [r for r in runs if "optuna.trial" in r.data.tags]
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == sorted(
+        t.number for t in study.trials
+    )
+    assert {t.user_attrs[RUN_ID_ATTR] for t in finished} <= {r.info.run_id for r in children}
+    parents = [r for r in runs if r.data.tags.get("task") == "study"]
+    assert len(parents) == 2
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+# -- bad input -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "declares no parameters"),
+        ("dropout: {low: 0.5, high: 0.1}", "empty or inverted range"),
+        ("dropout: {low: 0.3, high: 0.3}", "empty or inverted range"),
+        ("batch_size: {choices: []}", "empty choices"),
+        ("learning_rate: {low: 0, high: 0.1, log: true}", "log range needs low > 0"),
+        ("colour: {low: 1, high: 2}", "not a training option"),
+    ],
+)
+def test_bad_search_space_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(TuningError, match=message):
+        load_search_space(path)
+
+
+def test_unreachable_database_is_a_clear_error(
+    tracking: str, tiny_cifake: Path, space_file: Path
+) -> None:
+    tune = TuneConfig(
+        storage="postgresql://postgres@127.0.0.1:1/none", search_space=str(space_file)
+    )
+    with pytest.raises(TuningError, match="cannot open Optuna storage"):
+        run_study(base_config(tiny_cifake), tune)
+    assert runs_of("tune-test") == []  # nothing started
+
+
+def test_existing_study_with_other_space_or_direction_is_refused(
+    tracking: str, tiny_cifake: Path, space_file: Path, tmp_path: Path
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name="other", storage=storage, direction="minimize")
+    tune = TuneConfig(study_name="other", storage=storage, search_space=str(space_file))
+    with pytest.raises(TuningError, match="direction minimize"):
+        run_study(base_config(tiny_cifake), tune)
+    study = optuna.create_study(study_name="spaced", storage=storage, direction="maximize")
+    study.set_user_attr("search_space", "[]")
+    tune = TuneConfig(study_name="spaced", storage=storage, search_space=str(space_file))
+    with pytest.raises(TuningError, match="different search space"):
+        run_study(base_config(tiny_cifake), tune)
