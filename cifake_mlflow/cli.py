@@ -101,7 +101,7 @@ def train(**options: str | None) -> None:
     cfg = build_config(options)
     try:
         train_and_log(cfg)
-    except (DataError, WeightsUnavailableError) as exc:
+    except (DataError, WeightsUnavailableError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -125,7 +125,7 @@ def tune(**options: str | None) -> None:
     train_cfg, tune_cfg = split_options(options)
     try:
         result = run_study(train_cfg, tune_cfg)
-    except (DataError, WeightsUnavailableError, TuningError, RegistryError) as exc:
+    except (DataError, WeightsUnavailableError, TuningError, RegistryError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     best = result.best_trial
     if best is None:
@@ -179,7 +179,7 @@ def register(run_id: str, model_name: str, margin: float, data: str | None) -> N
             tags={"run_id": run_id, "dataset_digest": ds.digest},
             description=f"Registered from run {run_id} ({run.info.run_name}).",
         )
-    except (DataError, registry.RegistryError, KeyError) as exc:
+    except (DataError, registry.RegistryError, KeyError, mlflow.exceptions.MlflowException) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{model_name} v{decision.version} -> {decision.alias}: {decision.reason}")
 

@@ -86,8 +86,8 @@ class TrainConfig:
     bn_recalibration_batches: int = field(
         default=50,
         **_help(
-            "after training, re-estimate BatchNorm statistics on this many clean training "
-            "batches (0: keep the moving averages)"
+            "before each validation pass, re-estimate BatchNorm statistics on this many "
+            "clean training batches (0: keep the moving averages)"
         ),
     )
     val_fraction: float = field(
@@ -378,8 +378,9 @@ class TuneConfig:
                 "an Optuna storage URL such as sqlite:///optuna.db or "
                 "postgresql://postgres@127.0.0.1:5432/optuna",
             )
-        if not self.study_name.strip() or not self.model_name.strip():
-            raise ConfigError("study_name/model_name", self.study_name, "a non-empty name")
+        for name in ("study_name", "model_name"):
+            if not getattr(self, name).strip():
+                raise ConfigError(name, getattr(self, name), "a non-empty name")
         if self.margin < 0:
             raise ConfigError("margin", self.margin, "a number >= 0")
 

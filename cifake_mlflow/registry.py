@@ -53,8 +53,10 @@ def champion(name: str) -> ModelVersion | None:
     """The version holding the champion alias, or None (also when the model does not exist)."""
     try:
         return MlflowClient().get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
 
 
 def champion_uri(name: str) -> str:
@@ -82,9 +84,9 @@ def register_and_gate(
     if metric not in GATE_METRICS:
         raise RegistryError(f"gate metric {metric!r}: use one of {', '.join(GATE_METRICS)}")
     client = MlflowClient()
-    current = champion(name)
+    candidate = score_model(model_uri, images, labels, metric)  # fails before registering
     version = str(mlflow.register_model(model_uri, name, tags=dict(tags or {})).version)
-    candidate = score_model(f"models:/{name}/{version}", images, labels, metric)
+    current = champion(name)  # read late: another worker may have promoted meanwhile
     if current is None:
         decision = GateDecision(
             name, version, CHAMPION, True, "first version of the model", metric, candidate, None

@@ -58,10 +58,13 @@ def local_artifact_root(uri: str) -> str | None:
 def use_experiment(name: str) -> str:
     """Select (creating if needed) the experiment; returns its id.
 
-    Under ``mlflow run`` the run already exists in the experiment the user chose, so the
-    experiment is left alone.
+    Under ``mlflow run`` the run already exists in the experiment the user chose, and a nested
+    run belongs with its parent, so in both cases the experiment is left alone.
     """
     uri = tracking_uri()
+    active = mlflow.active_run()
+    if active is not None:  # nested runs (trials) stay beside their parent
+        return active.info.experiment_id
     if os.environ.get("MLFLOW_RUN_ID"):
         return mlflow.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
     experiment = mlflow.get_experiment_by_name(name)

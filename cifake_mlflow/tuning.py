@@ -10,9 +10,6 @@ study is next opened, and several workers can share one PostgreSQL-backed study.
 from __future__ import annotations
 
 import json
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from cifake_mlflow import registry, tracking
 from cifake_mlflow.config import ConfigError, TrainConfig, TuneConfig
 from cifake_mlflow.data import Dataset, Splits
-from cifake_mlflow.workflow import prepare_data, train_and_log
+from cifake_mlflow.workflow import prepare_data, sigterm_as_interrupt, train_and_log
 
 RUN_ID_ATTR = "mlflow_run_id"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -138,10 +135,59 @@ def make_pruner(cfg: TuneConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+#: Settings that may differ between invocations of one study without making trials incomparable.
+FREE_SETTINGS = ("run_name", "cache_dir", "experiment")
+
+
+def fixed_settings(base: TrainConfig, space: list[ParamRange]) -> dict[str, str]:
+    """The training settings every trial of a study shares (all but the searched ones)."""
+    searched = {p.name for p in space}
+    return {
+        k: v for k, v in base.to_params().items() if k not in searched and k not in FREE_SETTINGS
+    }
+
+
+def check_space(base: TrainConfig, space: list[ParamRange]) -> None:
+    """Refuse searching trainable depth where frozen layers would be random features."""
+    if any(p.name == "unfrozen_layers" for p in space) and not base.pretrained:
+        raise TuningError(
+            "the search space varies unfrozen_layers, but weights=none without --init-from "
+            "trains from scratch, where frozen layers are random features. Give --init-from "
+            "(a trained detector) or pretrained --weights, or use a space without it such as "
+            "tuning/search_space_scratch.yaml"
+        )
+
+
+def _check_stored(study: optuna.Study, key: str, value: str, what: str) -> None:
+    stored = study.user_attrs.get(key)
+    if stored is None:
+        study.set_user_attr(key, value)
+    elif stored != value:
+        raise TuningError(
+            f"study {study.study_name!r} exists with a different {what}: resume it with the "
+            "same settings, or pick another --study-name" + _difference(stored, value)
+        )
+
+
+def _difference(stored: str, value: str) -> str:
+    try:
+        old, new = json.loads(stored), json.loads(value)
+    except ValueError:
+        return ""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return ""
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return " (" + ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in keys) + ")"
+
+
 def open_study(
-    cfg: TuneConfig, space: list[ParamRange], pruner: optuna.pruners.BasePruner | None = None
+    cfg: TuneConfig,
+    space: list[ParamRange],
+    pruner: optuna.pruners.BasePruner | None = None,
+    base: TrainConfig | None = None,
 ) -> optuna.Study:
-    """Create or resume the study; refuse one that exists with another direction or space."""
+    """Create or resume the study; refuse one that exists with another direction, space or
+    fixed training settings (trials would not be comparable)."""
     storage = open_storage(cfg)
     study = optuna.create_study(
         study_name=cfg.study_name,
@@ -161,15 +207,10 @@ def open_study(
             f"study {cfg.study_name!r} exists with direction {study.direction.name.lower()}, "
             f"but metric {cfg.metric} needs {cfg.direction}: pick another --study-name"
         )
-    signature = space_signature(space)
-    stored = study.user_attrs.get("search_space")
-    if stored is None:
-        study.set_user_attr("search_space", signature)
-    elif stored != signature:
-        raise TuningError(
-            f"study {cfg.study_name!r} exists with a different search space: resume it with "
-            "the same space file, or pick another --study-name"
-        )
+    _check_stored(study, "search_space", space_signature(space), "search space")
+    if base is not None:
+        settings = json.dumps(fixed_settings(base, space), sort_keys=True)
+        _check_stored(study, "fixed_settings", settings, "set of fixed training settings")
     optuna.storages.fail_stale_trials(study)  # trials whose process died: FAIL, runs closed
     return study
 
@@ -262,24 +303,6 @@ class StudyResult:
     decision: registry.GateDecision | None
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends the study like Ctrl-C: runs closed as KILLED, trial marked failed."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_study(
     base: TrainConfig,
     tune: TuneConfig,
@@ -289,22 +312,27 @@ def run_study(
 ) -> StudyResult:
     """Run (or resume) the study until it holds ``n_trials`` finished trials; register."""
     space = load_search_space(tune.search_space)
+    check_space(base, space)
     tracking.use_experiment(base.experiment)  # stale-trial cleanup below writes to MLflow
-    study = open_study(tune, space, pruner)
+    study = open_study(tune, space, pruner, base)
     data = prepare_data(base)
     objective = Objective(base, tune, space, data, verbose)
     parent = mlflow.start_run(run_name=f"study-{tune.study_name}")
-    mlflow.set_tags(
-        {"task": "study", "optuna.study": tune.study_name, "optuna.storage": _redact(tune.storage)}
-    )
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
+            mlflow.set_tags(
+                {
+                    "task": "study",
+                    "optuna.study": tune.study_name,
+                    "optuna.storage": _redact(tune.storage),
+                }
+            )
             while remaining(study, tune.n_trials) > 0:
                 study.optimize(objective, n_trials=1, gc_after_trial=True)
                 keras.backend.clear_session()
-        best = _best_trial(study)
-        _log_study(study, tune, best)
-        decision = _register_best(base, tune, best, data) if tune.register and best else None
+            best = _best_trial(study)
+            _log_study(study, tune, best)
+            decision = _register_best(base, tune, best, data) if tune.register and best else None
     except BaseException as exc:
         killed = isinstance(exc, KeyboardInterrupt)
         mlflow.end_run(status="KILLED" if killed else "FAILED")

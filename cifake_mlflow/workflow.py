@@ -7,7 +7,9 @@ is checked before the MLflow run starts, so bad input leaves no half-made run be
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import signal
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import keras
@@ -68,6 +70,24 @@ def best_val_metrics(history: Mapping[str, list[float]], best_epoch: int) -> dic
     }
 
 
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (kill, a scheduler's timeout) like Ctrl-C, so runs end KILLED, not RUNNING."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def train_and_log(
     cfg: TrainConfig,
     *,
@@ -86,20 +106,20 @@ def train_and_log(
     ``on_run_start`` receives the run id as soon as the run exists.
     """
     tracking.use_experiment(cfg.experiment)
+    warm = tracking.keras_model_path(cfg.init_from) if cfg.init_from else None
     ds, splits = data if data is not None else prepare_data(cfg)
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg)
-    if cfg.init_from:
-        copied = warm_start(
-            model, keras.models.load_model(tracking.keras_model_path(cfg.init_from))
-        )
+    if warm is not None:
+        copied = warm_start(model, keras.models.load_model(warm))
         print(f"warm start from {cfg.init_from}: {copied} layers copied", flush=True)
     run = mlflow.start_run(run_name=tracking.run_name(cfg), nested=nested)
-    if on_run_start is not None:
-        on_run_start(run.info.run_id)
     try:
-        mlflow.set_tags({**tracking.run_tags(cfg, ds), **(tags or {})})
-        summary = _train_in_run(cfg, model, ds, splits, callbacks, verbose)
+        with sigterm_as_interrupt():
+            if on_run_start is not None:
+                on_run_start(run.info.run_id)
+            mlflow.set_tags({**tracking.run_tags(cfg, ds), **(tags or {})})
+            summary = _train_in_run(cfg, model, ds, splits, callbacks, verbose)
     except BaseException as exc:
         killed = isinstance(exc, (KeyboardInterrupt, *killed_on))
         mlflow.end_run(status="KILLED" if killed else "FAILED")

@@ -20,7 +20,13 @@ from mlflow.tracking import MlflowClient
 
 from cifake_mlflow.config import TrainConfig, TuneConfig
 from cifake_mlflow.registry import CHAMPION
-from cifake_mlflow.tuning import RUN_ID_ATTR, TuningError, load_search_space, run_study
+from cifake_mlflow.tuning import (
+    RUN_ID_ATTR,
+    TuningError,
+    load_search_space,
+    open_study,
+    run_study,
+)
 
 PG_HOST = "127.0.0.1"
 
@@ -376,3 +382,30 @@ def test_existing_study_with_other_space_or_direction_is_refused(
     tune = TuneConfig(study_name="spaced", storage=storage, search_space=str(space_file))
     with pytest.raises(TuningError, match="different search space"):
         run_study(base_config(tiny_cifake), tune)
+
+
+def test_resuming_with_other_fixed_settings_is_refused(
+    tracking: str, tiny_cifake: Path, space_file: Path, tmp_path: Path
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tune = TuneConfig(study_name="fixed", storage=storage, search_space=str(space_file))
+    space = load_search_space(space_file)
+    open_study(tune, space, base=base_config(tiny_cifake))
+    open_study(tune, space, base=base_config(tiny_cifake, run_name="other-name"))  # free
+    with pytest.raises(TuningError, match=r"image_size: 32 -> 64"):
+        open_study(tune, space, base=base_config(tiny_cifake, image_size=64))
+
+
+def test_searching_frozen_depth_from_scratch_is_refused(
+    tracking: str, tiny_cifake: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text("unfrozen_layers: {low: 10, high: 154}\n")
+    tune = TuneConfig(storage=f"sqlite:///{tmp_path / 'optuna.db'}", search_space=str(path))
+    with pytest.raises(TuningError, match="random features"):
+        run_study(base_config(tiny_cifake), tune)
+    shipped = load_search_space(ROOT / "tuning" / "search_space_scratch.yaml")
+    assert "unfrozen_layers" not in {p.name for p in shipped}
+    assert "unfrozen_layers" in {
+        p.name for p in load_search_space(ROOT / "tuning" / "search_space.yaml")
+    }
