@@ -178,6 +178,7 @@ def register(run_id: str, model_name: str, margin: float, data: str | None) -> N
             margin=margin,
             tags={"run_id": run_id, "dataset_digest": ds.digest},
             description=f"Registered from run {run_id} ({run.info.run_name}).",
+            eval_digest=tracking.split_digest(ds, splits.val),
         )
     except (DataError, registry.RegistryError, KeyError, mlflow.exceptions.MlflowException) as exc:
         raise click.ClickException(str(exc)) from None

@@ -79,13 +79,20 @@ def register_and_gate(
     margin: float = 0.0,
     tags: Mapping[str, str] | None = None,
     description: str = "",
+    eval_digest: str = "",
 ) -> GateDecision:
-    """Register ``model_uri`` as a new version of ``name`` and run the champion gate."""
+    """Register ``model_uri`` as a new version of ``name`` and run the champion gate.
+
+    ``eval_digest`` identifies the evaluation images (tag ``gate_split_digest``). When the
+    champion was gated on other images, the reason says so: it may have trained on some of
+    today's evaluation images, which favours it.
+    """
     if metric not in GATE_METRICS:
         raise RegistryError(f"gate metric {metric!r}: use one of {', '.join(GATE_METRICS)}")
     client = MlflowClient()
     candidate = score_model(model_uri, images, labels, metric)  # fails before registering
-    version = str(mlflow.register_model(model_uri, name, tags=dict(tags or {})).version)
+    all_tags = {**(tags or {}), **({"gate_split_digest": eval_digest} if eval_digest else {})}
+    version = str(mlflow.register_model(model_uri, name, tags=all_tags).version)
     current = champion(name)  # read late: another worker may have promoted meanwhile
     if current is None:
         decision = GateDecision(
@@ -99,6 +106,12 @@ def register_and_gate(
             f"{metric} {candidate:.4f} {verdict} champion v{current.version} "
             f"({held:.4f}) by the margin {margin:g} on the same {len(labels)} images"
         )
+        held_digest = current.tags.get("gate_split_digest", "")
+        if eval_digest and held_digest != eval_digest:
+            reason += (
+                " (caution: the champion was gated on other images and may have trained on "
+                "some of these)"
+            )
         alias = CHAMPION if promoted else CHALLENGER
         decision = GateDecision(name, version, alias, promoted, reason, metric, candidate, held)
     _record(client, decision, description)

@@ -418,6 +418,7 @@ def _register_best(
         ds.labels[splits.val],
         margin=tune.margin,
         tags=tags,
+        eval_digest=tracking.split_digest(ds, splits.val),
         description=f"Best trial {best.number} of Optuna study {tune.study_name!r} "
         f"({tune.metric}={best.value:.4f}); MobileNetV2 CIFAKE detector.",
     )

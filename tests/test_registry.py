@@ -57,12 +57,15 @@ def test_gate_promotes_only_a_better_version(trained: tuple[str, TrainConfig]) -
     first = registry.register_and_gate(worse, "det", images, labels)
     assert (first.alias, first.promoted, first.version) == (registry.CHAMPION, True, "1")
 
-    second = registry.register_and_gate(better, "det", images, labels, tags={"k": "v"})
+    second = registry.register_and_gate(
+        better, "det", images, labels, tags={"k": "v"}, eval_digest="split-a"
+    )
     assert second.promoted and second.alias == registry.CHAMPION
     assert str(client.get_model_version_by_alias("det", "champion").version) == "2"
     assert second.champion_score == pytest.approx(first.candidate_score)
 
-    third = registry.register_and_gate(worse, "det", images, labels)
+    third = registry.register_and_gate(worse, "det", images, labels, eval_digest="split-b")
+    assert "caution: the champion was gated on other images" in third.reason
     assert not third.promoted and third.alias == registry.CHALLENGER
     assert str(client.get_model_version_by_alias("det", "champion").version) == "2"
     assert str(client.get_model_version_by_alias("det", "challenger").version) == "3"
@@ -72,8 +75,12 @@ def test_gate_promotes_only_a_better_version(trained: tuple[str, TrainConfig]) -
     assert client.get_model_version("det", "2").tags["k"] == "v"
 
     # The margin: an equal model does not displace the champion when a margin is required.
-    fourth = registry.register_and_gate(better, "det", images, labels, margin=0.01)
+    fourth = registry.register_and_gate(
+        better, "det", images, labels, margin=0.01, eval_digest="split-a"
+    )
     assert fourth.alias == registry.CHALLENGER
+    assert "caution" not in fourth.reason
+    assert client.get_model_version("det", "2").tags["gate_split_digest"] == "split-a"
     champion = mlflow.pyfunc.load_model("models:/det@champion").predict(images[:3])
     assert list(champion.columns) == ["prob_fake", "label", "threshold"]
     assert np.isfinite(champion["prob_fake"]).all()

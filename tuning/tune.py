@@ -1,11 +1,17 @@
 """Thin entry point: run an Optuna study over the detector (same as `cifake tune`).
 
-    python tuning/tune.py --data ../shared/data --weights none --image-size 32 --n-trials 6
+    python tuning/tune.py --data ../shared/data --weights none --image-size 32 --n-trials 6 \
+        --search-space tuning/search_space_scratch.yaml
 
-All logic lives in cifake_mlflow.tuning; the search space is tuning/search_space.yaml.
+All logic lives in cifake_mlflow.tuning; the search spaces are the YAML files beside this one.
 """
 
-from cifake_mlflow.cli import main
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package first
+
+from cifake_mlflow.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    main(["tune", *__import__("sys").argv[1:]])
+    main(["tune", *sys.argv[1:]])
