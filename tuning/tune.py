@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package first
 
-from cifake_mlflow.cli import main  # noqa: E402
+from cifake_mlflow.cli import main
 
 if __name__ == "__main__":
     main(["tune", *sys.argv[1:]])
