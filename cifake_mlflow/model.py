@@ -67,6 +67,13 @@ def build_base(cfg: TrainConfig) -> keras.Model:
             f"({exc}). Give a no-top MobileNetV2 weights file, or --weights none."
         ) from None
     base.name = BASE_NAME
+    if not cfg.pretrained and cfg.trainable_base_layers < len(base.layers):
+        print(
+            f"warning: weights=none with unfrozen_layers={cfg.trainable_base_layers}: the "
+            f"{len(base.layers) - cfg.trainable_base_layers} frozen base layers keep random "
+            "weights and learn nothing (use unfrozen_layers=auto to train the whole base)",
+            flush=True,
+        )
     set_trainable_layers(base, cfg.trainable_base_layers)
     set_batchnorm_momentum(base, cfg.batchnorm_momentum)
     return base

@@ -24,7 +24,12 @@ from optuna.trial import FrozenTrial, TrialState
 from cifake_mlflow import registry, tracking
 from cifake_mlflow.config import ConfigError, TrainConfig, TuneConfig
 from cifake_mlflow.data import Dataset, Splits
-from cifake_mlflow.workflow import prepare_data, sigterm_as_interrupt, train_and_log
+from cifake_mlflow.workflow import (
+    interrupted,
+    prepare_data,
+    signals_as_interrupt,
+    train_and_log,
+)
 
 RUN_ID_ATTR = "mlflow_run_id"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -319,7 +324,7 @@ def run_study(
     objective = Objective(base, tune, space, data, verbose)
     parent = mlflow.start_run(run_name=f"study-{tune.study_name}")
     try:
-        with sigterm_as_interrupt():
+        with signals_as_interrupt():
             mlflow.set_tags(
                 {
                     "task": "study",
@@ -334,8 +339,7 @@ def run_study(
             _log_study(study, tune, best)
             decision = _register_best(base, tune, best, data) if tune.register and best else None
     except BaseException as exc:
-        killed = isinstance(exc, KeyboardInterrupt)
-        mlflow.end_run(status="KILLED" if killed else "FAILED")
+        mlflow.end_run(status="KILLED" if interrupted(exc) else "FAILED")
         raise
     mlflow.end_run()
     return StudyResult(study, parent.info.run_id, best, decision)

@@ -8,6 +8,7 @@ is checked before the MLflow run starts, so bad input leaves no half-made run be
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -70,22 +71,37 @@ def best_val_metrics(history: Mapping[str, list[float]], best_epoch: int) -> dic
     }
 
 
+_interrupted = threading.Event()
+
+
 @contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (kill, a scheduler's timeout) like Ctrl-C, so runs end KILLED, not RUNNING."""
+def signals_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM and SIGINT (kill, Ctrl-C) as an interruption, so runs end KILLED.
+
+    The flag matters because TensorFlow may surface an interrupt raised inside a traced
+    function as one of its own errors rather than as ``KeyboardInterrupt``.
+    """
 
     def handler(signum: int, frame: object) -> None:
+        _interrupted.set()
         raise KeyboardInterrupt(f"signal {signum}")
 
+    wanted = (signal.SIGTERM, signal.SIGINT)
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in wanted}
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def interrupted(exc: BaseException) -> bool:
+    """True if ``exc`` ends the work because the user or the system asked it to stop."""
+    return isinstance(exc, KeyboardInterrupt) or _interrupted.is_set()
 
 
 def train_and_log(
@@ -115,13 +131,13 @@ def train_and_log(
         print(f"warm start from {cfg.init_from}: {copied} layers copied", flush=True)
     run = mlflow.start_run(run_name=tracking.run_name(cfg), nested=nested)
     try:
-        with sigterm_as_interrupt():
+        with signals_as_interrupt():
             if on_run_start is not None:
                 on_run_start(run.info.run_id)
             mlflow.set_tags({**tracking.run_tags(cfg, ds), **(tags or {})})
             summary = _train_in_run(cfg, model, ds, splits, callbacks, verbose)
     except BaseException as exc:
-        killed = isinstance(exc, (KeyboardInterrupt, *killed_on))
+        killed = interrupted(exc) or isinstance(exc, killed_on)
         mlflow.end_run(status="KILLED" if killed else "FAILED")
         raise
     mlflow.end_run()

@@ -248,3 +248,24 @@ def test_mlproject_command_passes_every_field(main_entry: dict) -> None:
     assert dict(pairs) == {name.replace("_", "-"): name for name in FIELD_NAMES}
     # nothing else is templated into the command
     assert sorted(re.findall(r"\{(\w+)\}", command)) == sorted(FIELD_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("changes", "name"),
+    [
+        ({"storage": "redis://127.0.0.1/0"}, "storage"),
+        ({"storage": "optuna.db"}, "storage"),
+        ({"n_trials": 0}, "n_trials"),
+        ({"metric": "test_accuracy"}, "metric"),
+        ({"model_name": " "}, "model_name"),
+        ({"margin": -0.1}, "margin"),
+        ({"pruner": "hyperband"}, "pruner"),
+    ],
+)
+def test_tune_config_refuses_bad_values(changes: dict, name: str) -> None:
+    from cifake_mlflow.config import TuneConfig
+
+    with pytest.raises(ConfigError) as info:
+        TuneConfig(**changes)
+    assert info.value.field == name
+    assert name in str(info.value)

@@ -22,6 +22,7 @@ from cifake_mlflow.model import (
     build_model,
     export_saved_model,
     imagenet_weights_file,
+    warm_start,
 )
 from cifake_mlflow.train import BatchNormCalibrator
 
@@ -161,3 +162,24 @@ def test_saved_model_matches_predict_at_any_batch_size(tmp_path: Path) -> None:
     )
     np.testing.assert_allclose(whole, expected, atol=1e-5)
     np.testing.assert_allclose(single, expected[:8], atol=1e-5)
+
+
+def test_frozen_random_layers_are_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    build_base(small(unfrozen_layers=30))
+    assert "124 frozen base layers keep random weights" in capsys.readouterr().out
+    build_base(small())
+    assert "random weights" not in capsys.readouterr().out
+
+
+def test_warm_start_copies_weights_across_input_sizes() -> None:
+    keras.utils.set_random_seed(4)
+    source = build_model(small(image_size=32))
+    keras.utils.set_random_seed(5)
+    target = build_model(small(image_size=64, dense_units=64))
+    copied = warm_start(target, source)
+    base_t, base_s = target.get_layer(BASE_NAME), source.get_layer(BASE_NAME)
+    assert copied >= sum(1 for layer in base_s.layers if layer.weights)
+    for ours, theirs in zip(base_t.weights, base_s.weights, strict=True):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    # Another head width does not fit and is left as initialised.
+    assert target.get_layer("dense").get_weights()[0].shape == (1280, 64)

@@ -101,3 +101,14 @@ def test_register_command_registers_a_run(trained: tuple[str, TrainConfig]) -> N
     missing = CliRunner().invoke(main, ["register", "0" * 32])
     assert missing.exit_code == 1
     assert "no run" in missing.output
+
+
+def test_init_from_a_logged_run_warm_starts_training(
+    trained: tuple[str, TrainConfig], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_id, cfg = trained
+    summary = train_and_log(cfg.replace(init_from=f"runs:/{run_id}/model", epochs=1), verbose=0)
+    assert "layers copied" in capsys.readouterr().out
+    assert mlflow.get_run(summary.run_id).data.params["init_from"] == f"runs:/{run_id}/model"
+    with pytest.raises(ValueError, match=r"init_from='runs:/0+/model'"):
+        tracking.keras_model_path(f"runs:/{'0' * 32}/model")

@@ -409,3 +409,35 @@ def test_searching_frozen_depth_from_scratch_is_refused(
     assert "unfrozen_layers" in {
         p.name for p in load_search_space(ROOT / "tuning" / "search_space.yaml")
     }
+
+
+def test_ctrl_c_leaves_no_running_runs(
+    tracking: str, cache_dir: Path, tiny_cifake: Path, space_file: Path, tmp_path: Path
+) -> None:
+    """SIGINT (Ctrl-C) mid-trial: the trial's and the study's runs end KILLED, trial FAIL."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    command = tune_command(
+        tiny_cifake, storage, space_file, 2, "--epochs", "4", "--study-name", "interrupt"
+    )
+    worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def trial_running() -> bool:
+        try:
+            study = optuna.load_study(study_name="interrupt", storage=storage)
+        except KeyError:
+            return False
+        running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        return bool(running and RUN_ID_ATTR in running[0].user_attrs)
+
+    try:
+        wait_for(trial_running, 300, "a running trial")
+        time.sleep(2)
+        worker.send_signal(signal.SIGINT)
+        worker.communicate(timeout=120)
+    finally:
+        worker.kill()
+    assert worker.returncode != 0
+    runs = runs_of("tune-test")
+    assert runs and {r.info.status for r in runs} == {"KILLED"}
+    study = optuna.load_study(study_name="interrupt", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
