@@ -121,6 +121,8 @@ def test_mlflow_run_tune_on_real_cifake_registers_a_loadable_champion(
         "-P",
         "max_test_images=2000",
         "-P",
+        "search_space=tuning/search_space_scratch.yaml",
+        "-P",
         f"storage=sqlite:///{tmp_path / 'optuna.db'}",
     ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "CIFAKE_CACHE_DIR": str(real_cache)}

@@ -136,6 +136,16 @@ def tune_command(data: Path, storage: str, space: Path, n_trials: int, *extra: s
     ]
 
 
+def has_running_trial(storage: str, study_name: str) -> bool:
+    """True once the study has a running trial whose MLflow run exists."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return False
+    running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    return bool(running and RUN_ID_ATTR in running[0].user_attrs)
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -165,16 +175,8 @@ def test_killed_study_resumes_without_running_leftovers(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ}
     )
 
-    def trial_running() -> bool:
-        try:
-            study = optuna.load_study(study_name="resume", storage=storage)
-        except KeyError:
-            return False
-        running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-        return bool(running and RUN_ID_ATTR in running[0].user_attrs)
-
     try:
-        wait_for(trial_running, 300, "a running trial")
+        wait_for(lambda: has_running_trial(storage, "resume"), 300, "a running trial")
         time.sleep(3)  # mid-epoch
     finally:
         worker.send_signal(signal.SIGKILL)
@@ -421,16 +423,8 @@ def test_ctrl_c_leaves_no_running_runs(
     )
     worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
-    def trial_running() -> bool:
-        try:
-            study = optuna.load_study(study_name="interrupt", storage=storage)
-        except KeyError:
-            return False
-        running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-        return bool(running and RUN_ID_ATTR in running[0].user_attrs)
-
     try:
-        wait_for(trial_running, 300, "a running trial")
+        wait_for(lambda: has_running_trial(storage, "interrupt"), 300, "a running trial")
         time.sleep(2)
         worker.send_signal(signal.SIGINT)
         worker.communicate(timeout=120)
