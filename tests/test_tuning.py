@@ -182,19 +182,8 @@ def test_killed_study_resumes_without_running_leftovers(
         worker.send_signal(signal.SIGKILL)
         worker.wait(30)
     time.sleep(3)  # past the heartbeat grace period (2 x 1 s)
-    done = subprocess.run(
-        tune_command(
-            tiny_cifake,
-            storage,
-            space_file,
-            2,
-            "--epochs",
-            "4",
-            "--heartbeat-interval",
-            "1",
-            "--study-name",
-            "resume",
-        ),
+    done = subprocess.run(  # the same command again: it resumes the study
+        command,
         capture_output=True,
         text=True,
         timeout=900,
