@@ -81,11 +81,16 @@ def use_experiment(name: str) -> str:
     return experiment_id
 
 
+def weights_label(cfg: TrainConfig) -> str:
+    """'imagenet', 'none' or 'file': the weights source in a few letters for names and tags."""
+    return cfg.weights if cfg.weights in ("imagenet", "none") else "file"
+
+
 def run_name(cfg: TrainConfig) -> str:
     """Readable in the MLflow UI: model, input size, weights, depth, lr, dropout."""
     if cfg.run_name:
         return cfg.run_name
-    weights = cfg.weights if cfg.weights in ("imagenet", "none") else "file"
+    weights = weights_label(cfg)
     return (
         f"mnv2-{cfg.image_size}px-{weights}-u{cfg.trainable_base_layers}"
         f"-lr{cfg.learning_rate:g}-do{cfg.dropout:g}"
@@ -163,7 +168,7 @@ def run_tags(cfg: TrainConfig, ds: Dataset) -> dict[str, str]:
         "mlflow.runName": run_name(cfg),
         "task": "train",
         "model_family": "MobileNetV2",
-        "weights": cfg.weights if cfg.weights in ("imagenet", "none") else "file",
+        "weights": weights_label(cfg),
         "image_size": str(cfg.image_size),
         "dataset_digest": ds.digest[:12],
     }
