@@ -8,6 +8,7 @@ them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -183,6 +184,138 @@ def register(run_id: str, model_name: str, margin: float, data: str | None) -> N
     except (DataError, registry.RegistryError, KeyError, mlflow.exceptions.MlflowException) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{model_name} v{decision.version} -> {decision.alias}: {decision.reason}")
+
+
+@main.command()
+@click.option("--model-name", default="cifake-detector", show_default=True, help="registered model")
+@click.option("--alias", default="champion", show_default=True, help="registry alias to serve")
+@click.option("--model-uri", default=None, help="serve this URI instead (runs:/..., models:/...)")
+@click.option("--host", default="127.0.0.1", show_default=True, help="interface to listen on")
+@click.option("--port", default=5001, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(1), help="uvicorn workers"
+)
+def serve(
+    model_name: str, alias: str, model_uri: str | None, host: str, port: int, workers: int
+) -> None:
+    """Serve a registered detector with `mlflow models serve` (--env-manager local).
+
+    POST base64 image files to /invocations in column "image"; see the README for the curl
+    line. Each worker holds its own copy of the model (about 1 GB).
+    """
+    from cifake_mlflow import serving
+
+    uri = model_uri or serving.model_uri(model_name, alias)
+    command = serving.serve_command(uri, host, port, workers)
+    click.echo(f"serving {uri} at http://{host}:{port}/invocations", err=True)
+    os.execvpe(command[0], command, serving.serve_env())
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--url", default=None, help="score through this running server (http://HOST:PORT)")
+@click.option(
+    "--model-uri",
+    default="models:/cifake-detector@champion",
+    show_default=True,
+    help="without --url: load this model in-process",
+)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 1024))
+@click.option(
+    "--threshold", default=None, type=click.FloatRange(0, 1), help="default: the model's own"
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl"]),
+    default=None,
+    help="default: from the output suffix (.jsonl), else csv",
+)
+@click.option("-o", "--output", default="-", show_default=True, help="file to write; - is stdout")
+def predict(
+    paths: tuple[str, ...],
+    url: str | None,
+    model_uri: str,
+    batch_size: int,
+    threshold: float | None,
+    fmt: str | None,
+    output: str,
+) -> None:
+    """Score image FILES_OR_FOLDERS: one row (path, prob_fake, label, error) per image.
+
+    Folders are searched recursively for image files. A file that cannot be scored gets a row
+    with an empty score and the reason in "error"; the others are unaffected.
+
+    \b
+      cifake predict photos/ --url http://127.0.0.1:5001 -o scores.csv
+      cifake predict a.jpg b.png --model-uri models:/cifake-detector@champion --format jsonl
+    """
+    from cifake_mlflow import predict as job
+    from cifake_mlflow.serving import ServingError
+
+    files = job.find_images(paths)
+    if not files:
+        raise click.ClickException(f"no image files in {', '.join(paths)}")
+    if url:
+        scorer = job.http_scorer(url, threshold)
+    else:
+        from cifake_mlflow import tracking
+
+        tracking.tracking_uri()
+        try:
+            scorer = job.local_scorer(model_uri, threshold)
+        except Exception as exc:  # MLflow raises several types for a bad or missing URI
+            raise click.ClickException(f"cannot load {model_uri}: {exc}") from None
+    with open_output(output) as stream:
+        writer = job.RowWriter(stream, job.format_for(output, fmt))
+        try:
+            for rows in job.predict_rows(files, scorer, batch_size):
+                writer.write(rows)
+        except ServingError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.argument("refs", nargs=-1, required=True, metavar="RUN_OR_MODEL...")
+@click.option(
+    "--reference/--no-reference",
+    default=True,
+    show_default=True,
+    help="add the reference design's published report as a column",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True
+)
+@click.option("-o", "--output", default="-", show_default=True, help="file to write; - is stdout")
+def compare(refs: tuple[str, ...], reference: bool, fmt: str, output: str) -> None:
+    """Print a side-by-side table of the main metrics of runs and registered versions.
+
+    RUN_OR_MODEL is a run id, runs:/<id>/model, models:/<name>/<version> or
+    models:/<name>@<alias>. The README's results tables are made with this command.
+
+    \b
+      cifake compare models:/cifake-detector@champion 2c4b62ee77594a7db804c75cf85197c9
+    """
+    from cifake_mlflow import compare as cmp
+    from cifake_mlflow import tracking
+
+    tracking.tracking_uri()
+    try:
+        columns = [cmp.column(ref) for ref in refs]
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if reference:
+        columns.append(cmp.column("reference"))
+    table = cmp.rows(columns)
+    with open_output(output) as stream:
+        stream.write(cmp.markdown(table) if fmt == "markdown" else cmp.as_csv(table))
+
+
+def open_output(output: str) -> Any:
+    """``-`` is stdout (left open); anything else a file opened for CSV-safe writing."""
+    if output == "-":
+        return contextlib.nullcontext(sys.stdout)
+    return open(output, "w", newline="", encoding="utf-8")
 
 
 @main.group()

@@ -113,6 +113,17 @@ class TrainConfig:
         default=None, **_help("stratified subset of the test split for quick runs ('all')")
     )
     threshold: float = field(default=0.5, **_help("prob_fake at or above which FAKE is said"))
+    mixed_precision: Literal["auto", "on", "off"] = field(
+        default="auto",
+        **_help("float16 compute, float32 weights ('auto': on when a GPU is present)"),
+    )
+    jit_compile: Literal["auto", "on", "off"] = field(
+        default="auto", **_help("XLA-compile the training step ('auto': on when a GPU is present)")
+    )
+    distribute: Literal["auto", "none", "mirrored"] = field(
+        default="auto",
+        **_help("'mirrored': MirroredStrategy over all visible GPUs ('auto': when there are 2+)"),
+    )
     cache_dir: str | None = field(
         default=None,
         **_help("decoded-image cache ('auto': $CIFAKE_CACHE_DIR or ~/.cache/cifake-mlflow)"),

@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cifake_mlflow import metrics
+from cifake_mlflow.payload import frame
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -43,7 +44,8 @@ class GateDecision:
 
 def score_model(model_uri: str, images: np.ndarray, labels: np.ndarray, metric: str) -> float:
     """Load ``model_uri`` as pyfunc and score it on ``images`` (roc_auc or accuracy)."""
-    scores = mlflow.pyfunc.load_model(model_uri).predict(images)["prob_fake"].to_numpy()
+    answer = mlflow.pyfunc.load_model(model_uri).predict(frame(images))
+    scores = answer["prob_fake"].to_numpy()
     if metric == "roc_auc":
         return metrics.roc_auc(labels, scores)
     return float(np.mean(metrics.predict_labels(scores) == np.asarray(labels).ravel()))

@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -210,7 +211,32 @@ def log_datasets(ds: Dataset, splits: Splits) -> None:
         ("testing", splits.test),
     ):
         meta = MetaDataset(source=source, name=f"cifake-{context}", digest=split_digest(ds, rows))
-        mlflow.log_input(meta, context=context)
+        log_input_once(meta, context)
+
+
+def log_input_once(
+    meta: MetaDataset, context: str, run_id: str | None = None, attempts: int = 4
+) -> None:
+    """Log ``meta`` as an input of the run, retried when a parallel worker inserted it first.
+
+    MLflow's SQL store checks whether a dataset exists and then inserts it; two tuning
+    workers logging the same split at the same moment both pass the check and one insert
+    fails on the unique key. On the retry the dataset exists and is only linked to the run.
+    """
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    run_id = run_id or mlflow.active_run().info.run_id
+    dataset = DatasetInput(meta._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+    for attempt in range(attempts):
+        try:
+            mlflow.MlflowClient().log_inputs(run_id, datasets=[dataset])
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            duplicate = "duplicate key" in str(exc) or "UNIQUE constraint failed" in str(exc)
+            if not duplicate or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 # -- artifacts -------------------------------------------------------------------------------
@@ -245,17 +271,23 @@ def log_data_report(ds: Dataset, splits: Splits) -> None:
     )
 
 
-def log_training(result: TrainResult) -> None:
-    """Training curves, the per-epoch history and how training ended."""
+def log_training(result: TrainResult, startup: bool = True) -> None:
+    """Training curves, the per-epoch history and how training ended.
+
+    ``startup_seconds`` (process start to the end of the first training step: imports, data,
+    model build and the first traced step) is logged when ``startup`` says this run is the
+    first thing its process trains (not for later Optuna trials).
+    """
     mlflow.log_figure(plots.history_figure(result.history), "training/curves.png")
     log_json(result.history, "training/history.json")
-    mlflow.log_metrics(
-        {
-            "epochs_run": result.epochs_run,
-            "best_epoch": result.best_epoch,
-            "train_seconds": result.seconds,
-        }
-    )
+    metrics = {
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "train_seconds": result.seconds,
+    }
+    if startup and result.first_step_at is not None:
+        metrics["startup_seconds"] = result.first_step_at - cifake_mlflow.STARTED
+    mlflow.log_metrics(metrics)
     mlflow.set_tag("stopped_early", str(result.stopped_early).lower())
 
 

@@ -29,6 +29,7 @@ class TrainResult:
     best_epoch: int  # 1-based epoch whose weights the model holds
     stopped_early: bool
     seconds: float
+    first_step_at: float | None = None  # time.time() when the first training step ended
 
 
 class EpochStats(keras.callbacks.Callback):
@@ -36,6 +37,12 @@ class EpochStats(keras.callbacks.Callback):
 
     It must run before loggers so that they see these values too.
     """
+
+    first_step_at: float | None = None
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._start = time.perf_counter()
@@ -60,9 +67,12 @@ def learning_rate(cfg: TrainConfig, steps_per_epoch: int) -> float | Schedule:
     return cfg.learning_rate
 
 
-def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int) -> None:
-    """Adam + binary cross-entropy, tracking accuracy and ROC-AUC."""
+def compile_model(
+    model: keras.Model, cfg: TrainConfig, steps_per_epoch: int, jit_compile: bool = False
+) -> None:
+    """Adam + binary cross-entropy, tracking accuracy and ROC-AUC; optionally XLA-compiled."""
     model.compile(
+        jit_compile=jit_compile,
         optimizer=keras.optimizers.Adam(learning_rate(cfg, steps_per_epoch)),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=[
@@ -148,15 +158,19 @@ def fit(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | None = None,
     calibration_data: tf.data.Dataset | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+    jit_compile: bool = False,
 ) -> TrainResult:
     """Fit with early stopping on validation loss (restoring the best weights).
 
     ``calibration_data`` (clean, shuffled training batches) re-estimates BatchNorm statistics
     before every validation pass (:class:`PreciseBatchNorm`), so early stopping judges, and the
-    restored best weights carry, the statistics that inference will use.
+    restored best weights carry, the statistics that inference will use. ``strategy`` must be
+    the one the model was built under; ``batch_size`` is then the global batch.
     """
     steps = int(train_data.cardinality().numpy())
-    compile_model(model, cfg, steps)
+    with (strategy or tf.distribute.get_strategy()).scope():
+        compile_model(model, cfg, steps, jit_compile)
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=cfg.patience, restore_best_weights=True, verbose=1
     )
@@ -164,11 +178,12 @@ def fit(
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     start = time.perf_counter()
+    stats = EpochStats()
     history = model.fit(
         train_data,
         validation_data=val_data,
         epochs=cfg.epochs,
-        callbacks=[EpochStats(), *precise, stopper, *callbacks],
+        callbacks=[stats, *precise, stopper, *callbacks],
         verbose=verbose,
         shuffle=False,  # the tf.data pipeline shuffles
     )
@@ -183,4 +198,5 @@ def fit(
         best_epoch=best,
         stopped_early=stopper.stopped_epoch > 0,
         seconds=seconds,
+        first_step_at=stats.first_step_at,
     )

@@ -18,7 +18,7 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from cifake_mlflow import tracking
+from cifake_mlflow import accelerate, tracking
 from cifake_mlflow.config import TrainConfig
 from cifake_mlflow.data import Dataset, Splits, load_dataset, make_splits
 from cifake_mlflow.evaluate import Evaluation, evaluate
@@ -121,21 +121,23 @@ def train_and_log(
     Optuna's ``TrialPruned``) or FAILED (any other exception, re-raised); never RUNNING.
     ``on_run_start`` receives the run id as soon as the run exists.
     """
+    accel = accelerate.resolve(cfg)  # refuses impossible device settings before any work
     tracking.use_experiment(cfg.experiment)
     warm = tracking.keras_model_path(cfg.init_from) if cfg.init_from else None
     ds, splits = data if data is not None else prepare_data(cfg)
     keras.utils.set_random_seed(cfg.seed)
-    model = build_model(cfg)
-    if warm is not None:
-        copied = warm_start(model, keras.models.load_model(warm))
-        print(f"warm start from {cfg.init_from}: {copied} layers copied", flush=True)
+    with accel.strategy.scope(), accelerate.precision(accel.mixed_precision):
+        model = build_model(cfg)
+        if warm is not None:
+            copied = warm_start(model, keras.models.load_model(warm))
+            print(f"warm start from {cfg.init_from}: {copied} layers copied", flush=True)
     run = mlflow.start_run(run_name=tracking.run_name(cfg), nested=nested)
     try:
         with signals_as_interrupt():
             if on_run_start is not None:
                 on_run_start(run.info.run_id)
             mlflow.set_tags({**tracking.run_tags(cfg, ds), **(tags or {})})
-            summary = _train_in_run(cfg, model, ds, splits, callbacks, verbose)
+            summary = _train_in_run(cfg, model, accel, ds, splits, callbacks, verbose, nested)
     except BaseException as exc:
         killed = interrupted(exc) or isinstance(exc, killed_on)
         mlflow.end_run(status="KILLED" if killed else "FAILED")
@@ -148,13 +150,15 @@ def train_and_log(
 def _train_in_run(
     cfg: TrainConfig,
     model: keras.Model,
+    accel: accelerate.Acceleration,
     ds: Dataset,
     splits: Splits,
     callbacks: Sequence[keras.callbacks.Callback],
     verbose: int | None,
+    nested: bool = False,
 ) -> RunSummary:
     """Everything that happens inside the active MLflow run."""
-    tracking.log_params_once(tracking.run_params(cfg, ds, splits))
+    tracking.log_params_once({**tracking.run_params(cfg, ds, splits), **accel.params()})
     tracking.log_datasets(ds, splits)
     tracking.log_data_report(ds, splits)
     train_data = make_dataset(
@@ -174,8 +178,10 @@ def _train_in_run(
         callbacks=[tracking.MlflowEpochLogger(), *callbacks],
         verbose=verbose,
         calibration_data=calibration_batches(cfg, ds, splits),
+        strategy=accel.strategy,
+        jit_compile=accel.jit_compile,
     )
-    tracking.log_training(result)
+    tracking.log_training(result, startup=not nested)
     val_metrics = best_val_metrics(result.history, result.best_epoch)
     mlflow.log_metrics(val_metrics)
     print(f"evaluating on {len(splits.test):,} test images ...", flush=True)

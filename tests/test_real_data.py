@@ -14,6 +14,7 @@ import pytest
 
 from cifake_mlflow.config import TrainConfig
 from cifake_mlflow.data import load_dataset
+from cifake_mlflow.payload import frame
 from cifake_mlflow.workflow import prepare_data, train_and_log
 
 
@@ -131,7 +132,7 @@ def test_mlflow_run_tune_on_real_cifake_registers_a_loadable_champion(
     champion = mlflow.pyfunc.load_model("models:/cifake-detector@champion")
     ds = load_dataset(shared_data, real_cache, progress=False)
     rows = np.random.default_rng(0).choice(ds.indices("test"), size=512, replace=False)
-    answer = champion.predict(ds.images[rows])
+    answer = champion.predict(frame(ds.images[rows]))
     labels = ds.labels[rows]
     accuracy = float(((answer["prob_fake"] >= 0.5).to_numpy() == labels).mean())
     assert accuracy > 0.6

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from cifake_mlflow.cli import main
 from cifake_mlflow.config import TrainConfig
 from cifake_mlflow.data import load_dataset
+from cifake_mlflow.payload import frame
 
 EPOCH_METRICS = (
     "loss",
@@ -93,6 +94,7 @@ def assert_complete_run(run: mlflow.entities.Run, epochs: int) -> None:
     for name in TEST_METRICS:
         assert name in run.data.metrics, name
     assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
+    assert run.data.metrics["startup_seconds"] > 0.5  # imports, data, build, first step
     assert set(ARTIFACTS) <= artifact_paths(client, run.info.run_id)
     contexts = {
         tag.value
@@ -112,13 +114,13 @@ def assert_model_matches_keras(model_uri: str, images: np.ndarray) -> None:
     local = Path(mlflow.artifacts.download_artifacts(model_uri))
     reference = keras.models.load_model(local / "artifacts" / "detector.keras")
     expected = reference.predict(images.astype("float32"), verbose=0).ravel()
-    batch = served.predict(images)
+    batch = served.predict(frame(images))
     assert list(batch.columns) == ["prob_fake", "label", "threshold"]
     np.testing.assert_allclose(batch["prob_fake"], expected, atol=1e-5)
-    singles = [served.predict(images[i : i + 1])["prob_fake"].item() for i in range(4)]
+    singles = [served.predict(frame(images[i : i + 1]))["prob_fake"].item() for i in range(4)]
     np.testing.assert_allclose(singles, expected[:4], atol=1e-5)
     assert set(batch["label"]) <= {"REAL", "FAKE"}
-    strict = served.predict(images[:4], params={"threshold": 0.0})
+    strict = served.predict(frame(images[:4]), params={"threshold": 0.0})
     assert set(strict["label"]) == {"FAKE"}
 
 
@@ -185,6 +187,8 @@ def test_mlflow_run_entry_point(tracking: str, cache_dir: Path, small_cifake: Pa
     assert_complete_run(run, epochs=1)
     assert run.data.params["learning_rate"] == "1e-3"  # as given to mlflow run, not re-logged
     assert run.data.params["image_size"] == "32"
+    # A fresh process: start-up ends within the run, before its last minute of training.
+    assert run.data.metrics["startup_seconds"] < (run.info.end_time - run.info.start_time) / 1e3
 
 
 def test_cli_refuses_bad_values_before_any_work(tracking: str, cifake_dir: Path) -> None:

@@ -424,3 +424,44 @@ def test_ctrl_c_leaves_no_running_runs(
     assert runs and {r.info.status for r in runs} == {"KILLED"}
     study = optuna.load_study(study_name="interrupt", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
+
+
+def log_concurrently(run_ids: list[str], meta: object, attempts: int) -> list[Exception]:
+    """Every run logs ``meta`` at the same instant (one thread each); the errors raised."""
+    import threading
+
+    from cifake_mlflow.tracking import log_input_once
+
+    barrier, errors = threading.Barrier(len(run_ids)), []
+
+    def log(run_id: str) -> None:
+        barrier.wait()
+        try:
+            log_input_once(meta, "training", run_id, attempts=attempts)
+        except Exception as exc:  # collected: a thread's exception would be lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=log, args=(r,)) for r in run_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def test_parallel_workers_can_log_the_same_dataset(postgres_url: str) -> None:
+    """MLflow's check-then-insert of a dataset races between workers; the retry absorbs it."""
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    mlflow.set_tracking_uri(postgres_url)
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("race")
+    source = HTTPDatasetSource("https://example.invalid/cifake")
+    for round_ in range(3):
+        runs = [client.create_run(experiment).info.run_id for _ in range(6)]
+        meta = MetaDataset(source=source, name="cifake-training", digest=f"d{round_}")
+        assert log_concurrently(runs, meta, attempts=4) == []
+        for run_id in runs:
+            inputs = client.get_run(run_id).inputs.dataset_inputs
+            assert [d.dataset.digest for d in inputs] == [f"d{round_}"]

@@ -1,0 +1,118 @@
+"""Side-by-side tables of runs and registered versions, read from MLflow (``cifake compare``).
+
+The README's results tables come from here, so the numbers in it are the logged ones, never
+retyped. Each column is a run id, a ``runs:/<id>/...`` URI, a registered version
+(``models:/<name>/<version>`` or ``models:/<name>@<alias>``, resolved to the run that logged
+it), or ``reference`` (the reference design's published report).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+#: The reference design's published test report (accuracy and per-class precision/recall).
+REFERENCE = {
+    "test_accuracy": 0.93,
+    "test_real_precision": 0.96,
+    "test_real_recall": 0.90,
+    "test_fake_precision": 0.91,
+    "test_fake_recall": 0.96,
+}
+
+#: (row label, metric key) in display order; train_minutes is derived from train_seconds.
+ROWS = (
+    ("test accuracy", "test_accuracy"),
+    ("test ROC-AUC", "test_roc_auc"),
+    ("REAL precision", "test_real_precision"),
+    ("REAL recall", "test_real_recall"),
+    ("REAL F1", "test_real_f1_score"),
+    ("FAKE precision", "test_fake_precision"),
+    ("FAKE recall", "test_fake_recall"),
+    ("FAKE F1", "test_fake_f1_score"),
+    ("best val accuracy", "best_val_accuracy"),
+    ("epochs run", "epochs_run"),
+    ("training minutes", "train_minutes"),
+)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One compared item: its header and its metrics."""
+
+    header: str
+    metrics: dict[str, float]
+
+
+def run_id_of(ref: str) -> str:
+    """The run behind a run id, ``runs:/`` URI or registered ``models:/`` version."""
+    if ref.startswith("runs:/"):
+        return ref[len("runs:/") :].split("/", 1)[0]
+    if ref.startswith("models:/"):
+        name_version = ref[len("models:/") :]
+        client = MlflowClient()
+        if "@" in name_version:
+            name, alias = name_version.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = name_version.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+        if not version.run_id:
+            raise ValueError(f"{ref}: this version was not logged by a run")
+        return version.run_id
+    return ref
+
+
+def column(ref: str) -> Column:
+    """Resolve ``ref`` to a column; raises ValueError naming ``ref`` when it cannot."""
+    if ref == "reference":
+        return Column("reference design", dict(REFERENCE))
+    try:
+        run = mlflow.get_run(run_id_of(ref))
+    except mlflow.exceptions.MlflowException as exc:
+        raise ValueError(f"{ref}: not a run or registered model version ({exc.message})") from None
+    metrics = dict(run.data.metrics)
+    if "train_seconds" in metrics:
+        metrics["train_minutes"] = metrics["train_seconds"] / 60
+    header = run.info.run_name or run.info.run_id[:8]
+    if ref.startswith("models:/"):
+        header = f"{ref[len('models:/') :]} ({header})"
+    return Column(header, metrics)
+
+
+def _cell(value: float | None, key: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if key in ("epochs_run",):
+        return f"{value:.0f}"
+    if key == "train_minutes":
+        return f"{value:.1f}"
+    return f"{value:.4f}"
+
+
+def rows(columns: list[Column]) -> list[list[str]]:
+    """Header row, then one row per metric that at least one column has."""
+    table = [["metric", *(c.header for c in columns)]]
+    for label, key in ROWS:
+        values = [c.metrics.get(key) for c in columns]
+        if any(v is not None for v in values):
+            table.append([label, *(_cell(v, key) for v in values)])
+    return table
+
+
+def markdown(table: list[list[str]]) -> str:
+    """A GitHub Markdown table."""
+    lines = ["| " + " | ".join(table[0]) + " |", "|" + " --- |" * len(table[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
+    return "\n".join(lines) + "\n"
+
+
+def as_csv(table: list[list[str]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(table)
+    return buffer.getvalue()

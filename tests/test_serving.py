@@ -1,0 +1,295 @@
+"""Serving: a real ``mlflow models serve`` subprocess on a free loopback port, serving a real
+registered champion from a sqlite registry, scored with real CIFAKE test JPEGs where the shared
+data is present (generated JPEGs otherwise)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from conftest import SHARED_DATA, jpeg_bytes, synthetic_image, write_cifake
+from PIL import Image
+
+from cifake_mlflow import registry, serving
+from cifake_mlflow.cli import main
+from cifake_mlflow.config import TrainConfig
+from cifake_mlflow.payload import MAX_BATCH, frame
+from cifake_mlflow.preprocess import decode_image
+from cifake_mlflow.serving import Server, ServingError, encode, post
+from cifake_mlflow.workflow import prepare_data, train_and_log
+
+MODEL = "cifake-detector"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A sqlite registry whose champion is a briefly trained detector; the work folder."""
+    work = tmp_path_factory.mktemp("serving")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("CIFAKE_CACHE_DIR", str(work / "cache"))
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mlflow.set_tracking_uri(uri)
+        data = write_cifake(work / "cifake", {"train": 60, "test": 8}, seed=5)
+        cfg = TrainConfig(data=str(data), weights="none", image_size=32, epochs=2, batch_size=16)
+        summary = train_and_log(cfg, verbose=0)
+        ds, splits = prepare_data(cfg)
+        model_uri = mlflow.get_run(summary.run_id).data.tags["model_uri"]
+        registry.register_and_gate(model_uri, MODEL, ds.images[splits.val], ds.labels[splits.val])
+        yield work
+
+
+@pytest.fixture(scope="module")
+def server(store: Path) -> Iterator[Server]:
+    """The champion served by ``mlflow models serve`` on a free port."""
+    with Server(serving.model_uri(MODEL), log=store / "server.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def local(store: Path) -> mlflow.pyfunc.PyFuncModel:
+    """The same champion loaded in this process."""
+    return mlflow.pyfunc.load_model(serving.model_uri(MODEL))
+
+
+@pytest.fixture(scope="module")
+def jpegs() -> list[bytes]:
+    """16 CIFAKE test JPEGs (8 REAL, 8 FAKE) from the real archive, else generated ones."""
+    archive = SHARED_DATA / "cifake-test.tar.gz"
+    if not archive.is_file():
+        rng = np.random.default_rng(0)
+        return [jpeg_bytes(synthetic_image(i % 2, rng)) for i in range(16)]
+    found: dict[str, list[bytes]] = {"REAL": [], "FAKE": []}
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            cls = Path(member.name).parent.name
+            if member.isfile() and cls in found and len(found[cls]) < 8:
+                found[cls].append(tar.extractfile(member).read())
+            if all(len(v) == 8 for v in found.values()):
+                break
+    return found["REAL"] + found["FAKE"]
+
+
+def in_process(local: mlflow.pyfunc.PyFuncModel, files: list[bytes]) -> np.ndarray:
+    return local.predict(frame(files))["prob_fake"].to_numpy()
+
+
+def served(server: Server, payload: dict) -> pd.DataFrame:
+    return pd.DataFrame(post(server.url, payload)["predictions"])
+
+
+def test_every_request_format_matches_in_process(
+    server: Server, local: mlflow.pyfunc.PyFuncModel, jpegs: list[bytes]
+) -> None:
+    expected = in_process(local, jpegs)
+    assert np.ptp(expected) > 1e-4, "precondition: the scores must differ between images"
+    b64 = [encode(f) for f in jpegs]
+    pixels = np.stack([decode_image(f)[0] for f in jpegs]).tolist()
+    payloads = {
+        "dataframe_split": {"dataframe_split": {"columns": ["image"], "data": [[b] for b in b64]}},
+        "dataframe_records": {"dataframe_records": [{"image": b} for b in b64]},
+        "instances": {"instances": [{"image": b} for b in b64]},
+        "inputs": {"inputs": {"image": b64}},
+        "instances pixels": {"instances": pixels},
+        "inputs pixels": {"inputs": pixels},
+        "inputs named pixels": {"inputs": {"image": pixels}},
+        "records pixels": {"dataframe_records": [{"image": p} for p in pixels]},
+    }
+    for name, payload in payloads.items():
+        answer = served(server, payload)
+        assert list(answer.columns) == ["prob_fake", "label", "threshold"], name
+        np.testing.assert_allclose(answer["prob_fake"], expected, atol=1e-5, err_msg=name)
+        assert list(answer["label"]) == [("FAKE" if p >= 0.5 else "REAL") for p in expected]
+        assert set(answer["threshold"]) == {0.5}
+
+
+def image_file(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def odd_images() -> dict[str, bytes]:
+    """One file per format and mode a user may send, from one photo-like source."""
+    rng = np.random.default_rng(7)
+    photo = Image.fromarray(
+        np.kron(rng.integers(0, 255, (30, 40, 3)), np.ones((100, 100, 1))).astype(np.uint8)
+    )  # 4000x3000, a phone photo's size
+    small = photo.resize((64, 48))
+    rgba = small.convert("RGBA")
+    rgba.putalpha(128)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: must be turned upright before scoring
+    return {
+        "png": image_file(small, "PNG"),
+        "rgba png": image_file(rgba, "PNG"),
+        "grayscale": image_file(small.convert("L"), "JPEG"),
+        "cmyk jpeg": image_file(small.convert("CMYK"), "JPEG"),
+        "palette gif": image_file(small.convert("P"), "GIF"),
+        "webp": image_file(small, "WEBP"),
+        "bmp": image_file(small, "BMP"),
+        "16-bit png": image_file(
+            Image.fromarray(np.asarray(small.convert("L")).astype(np.uint16) * 257), "PNG"
+        ),
+        "exif rotated": image_file(small, "JPEG", exif=exif),
+        "photo 4000x3000": image_file(photo, "JPEG", quality=90),
+    }
+
+
+def test_odd_formats_sizes_and_modes_are_scored(
+    server: Server, local: mlflow.pyfunc.PyFuncModel
+) -> None:
+    files = odd_images()
+    answer = serving.score(server.url, list(files.values()))
+    expected = in_process(local, list(files.values()))
+    np.testing.assert_allclose(answer["prob_fake"], expected, atol=1e-5)
+    # The served answer is the model's answer on the one shared preprocessing function.
+    pixels = np.stack([decode_image(f)[0] for f in files.values()])
+    np.testing.assert_allclose(in_process(local, list(pixels)), expected, atol=1e-5)
+
+
+def test_threshold_travels_per_request(server: Server, jpegs: list[bytes]) -> None:
+    strict = serving.score(server.url, jpegs[:4], threshold=0.0)
+    assert set(strict["label"]) == {"FAKE"} and set(strict["threshold"]) == {0.0}
+    with pytest.raises(ServingError, match=r"threshold=1.5 is outside \[0, 1\]") as bad:
+        serving.score(server.url, jpegs[:1], threshold=1.5)
+    assert bad.value.status == 400
+
+
+def split(*items: object) -> dict:
+    return {"dataframe_split": {"columns": ["image"], "data": [[i] for i in items]}}
+
+
+def bad_requests(good: str) -> dict[str, tuple[dict, str]]:
+    """name -> (payload, what the 400 message must say)."""
+    jpeg = base64.b64decode(good)
+    bomb = image_file(Image.new("1", (8000, 6000)), "PNG")  # 48 M pixels in a few kB
+    return {
+        "invalid base64": (split(good, "not base64 at all!"), "item 1: invalid base64"),
+        "not an image": (split(encode(b"hello, world" * 10)), "item 0: not an image"),
+        "truncated": (split(good, good, encode(jpeg[: len(jpeg) // 2])), "item 2: unreadable"),
+        "bomb": (split(encode(bomb)), "item 0: too many pixels: 8000x6000 exceeds the limit"),
+        "empty batch": ({"dataframe_split": {"columns": ["image"], "data": []}}, "empty batch"),
+        "wrong column": ({"dataframe_records": [{"img": good}]}, "missing inputs ['image']"),
+        "wrong shape": ({"inputs": [[[0, 0, 0]] * 32]}, "item 0: pixel array has shape (32, 3)"),
+        "out of range": ({"inputs": [[[[0, 0, 300]] * 32] * 32]}, "pixel values must be in"),
+        "wrong type": (split(good, 17), "item 1: expected a base64 image file"),
+        "too many": (split(*[good] * (MAX_BATCH + 1)), f"exceeds the limit of {MAX_BATCH}"),
+    }  # fmt: skip
+
+
+def test_bad_input_is_a_400_that_names_the_problem(server: Server, jpegs: list[bytes]) -> None:
+    good = encode(jpegs[0])
+    for name, (payload, message) in bad_requests(good).items():
+        with pytest.raises(ServingError) as error:
+            post(server.url, payload)
+        assert error.value.status == 400, (name, str(error.value))
+        assert message in str(error.value), (name, str(error.value))
+    assert len(served(server, split(good))) == 1, "the server must keep serving"
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MB."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except FileNotFoundError:
+            continue
+        total += int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS")))
+    return total / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_memory_stays_flat_over_thousands_of_bad_requests(
+    server: Server, jpegs: list[bytes]
+) -> None:
+    payloads = [p for p, _ in bad_requests(encode(jpegs[0])).values()]
+    payloads = [p for p in payloads if len(str(p)) < 100_000]  # the 1025-item one is slow
+    for payload in payloads * 20:  # warm-up: allocator pools and caches settle
+        with pytest.raises(ServingError):
+            post(server.url, payload)
+    before = tree_rss_mb(server.process.pid)
+    for payload in payloads * 250:
+        with pytest.raises(ServingError):
+            post(server.url, payload)
+    growth = tree_rss_mb(server.process.pid) - before
+    assert growth < 40, f"server memory grew {growth:.0f} MB over {len(payloads) * 250} requests"
+    assert len(served(server, split(encode(jpegs[0])))) == 1
+
+
+@pytest.fixture(scope="module")
+def folder(store: Path, jpegs: list[bytes]) -> Path:
+    """A folder of image files (nested), plus one broken file."""
+    root = store / "to-score"
+    (root / "nested").mkdir(parents=True)
+    for i, data in enumerate(jpegs[:6]):
+        (root / ("nested" if i % 2 else "") / f"img{i}.jpg").write_bytes(data)
+    (root / "broken.png").write_bytes(b"\x89PNG not really")
+    (root / "notes.txt").write_text("not an image, not picked up")
+    return root
+
+
+@pytest.mark.parametrize("through", ["url", "in-process"])
+def test_predict_command_writes_one_row_per_image(
+    through: str, server: Server, local: mlflow.pyfunc.PyFuncModel, folder: Path, store: Path
+) -> None:
+    out = store / f"scores-{through}.csv"
+    where = ["--url", server.url] if through == "url" else ["--model-uri", server.uri]
+    result = CliRunner().invoke(
+        main, ["predict", str(folder), *where, "--batch-size", "4", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out, keep_default_na=False).set_index("path")
+    images = sorted(p for p in folder.rglob("*") if p.suffix in (".jpg", ".png"))
+    assert sorted(rows.index) == sorted(str(p) for p in images)
+    broken = rows.loc[str(folder / "broken.png")]
+    assert broken["prob_fake"] == "" and "not an image" in broken["error"]
+    good = [p for p in images if p.suffix == ".jpg"]
+    expected = in_process(local, [p.read_bytes() for p in good])
+    got = rows.loc[[str(p) for p in good]]
+    np.testing.assert_allclose(got["prob_fake"].astype(float), expected, atol=1e-5)
+    assert list(got["label"]) == [("FAKE" if p >= 0.5 else "REAL") for p in expected]
+    assert set(got["error"]) == {""}
+
+
+def test_predict_writes_json_lines_and_explains_a_dead_url(folder: Path, store: Path) -> None:
+    dead = f"http://127.0.0.1:{serving.free_port()}"
+    result = CliRunner().invoke(main, ["predict", str(folder), "--url", dead])
+    assert result.exit_code == 1 and "cannot reach" in result.output
+    out = store / "scores.jsonl"
+    result = CliRunner().invoke(
+        main, ["predict", str(folder / "img0.jpg"), "--model-uri", serving.model_uri(MODEL),
+               "-o", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    row = pd.read_json(out, lines=True).iloc[0]
+    assert row["path"].endswith("img0.jpg") and row["label"] in ("REAL", "FAKE")
+
+
+def test_server_that_cannot_start_says_so(store: Path) -> None:
+    with pytest.raises(ServingError, match="exited with status"):
+        Server("models:/no-such-model@champion").start(timeout=120)
+
+
+def test_serve_command_is_mlflow_models_serve() -> None:
+    command = serving.serve_command("models:/m@a", port=5123, workers=2)
+    assert command[1:5] == ["-m", "mlflow", "models", "serve"]
+    assert command[5:7] == ["-m", "models:/m@a"] and "--env-manager" in command
+    assert command[command.index("-p") + 1] == "5123"
+    assert command[command.index("-w") + 1] == "2"
+    assert os.path.dirname(command[0]) in serving.serve_env()["PATH"].split(os.pathsep)[0]
