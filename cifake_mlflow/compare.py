@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import mlflow
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 #: The reference design's published test report (accuracy and per-class precision/recall).
@@ -28,13 +29,26 @@ REFERENCE = {
 #: (row label, metric key) in display order; train_minutes is derived from train_seconds.
 ROWS = (
     ("test accuracy", "test_accuracy"),
+    ("accuracy 95% CI low", "test_accuracy_ci_low"),
+    ("accuracy 95% CI high", "test_accuracy_ci_high"),
+    ("accuracy, leak-free test", "test_dedup_accuracy"),
     ("test ROC-AUC", "test_roc_auc"),
+    ("test PR-AUC", "test_pr_auc"),
+    ("balanced accuracy", "test_balanced_accuracy"),
+    ("log loss", "test_log_loss"),
+    ("ECE (15 bins)", "test_ece"),
+    ("TPR at 1% FPR", "test_tpr_at_fpr_1pct"),
+    ("TPR at 5% FPR", "test_tpr_at_fpr_5pct"),
     ("REAL precision", "test_real_precision"),
     ("REAL recall", "test_real_recall"),
     ("REAL F1", "test_real_f1_score"),
     ("FAKE precision", "test_fake_precision"),
     ("FAKE recall", "test_fake_recall"),
     ("FAKE F1", "test_fake_f1_score"),
+    ("accuracy after JPEG q50", "robust_jpeg50_accuracy"),
+    ("accuracy after blur sigma 1", "robust_blur1_accuracy"),
+    ("accuracy after noise 0.05", "robust_noise0.05_accuracy"),
+    ("accuracy after down-up 0.5", "robust_downup0.5_accuracy"),
     ("best val accuracy", "best_val_accuracy"),
     ("epochs run", "epochs_run"),
     ("training minutes", "train_minutes"),
@@ -49,34 +63,47 @@ class Column:
     metrics: dict[str, float]
 
 
+def registered_version(ref: str) -> ModelVersion | None:
+    """The registered version behind ``models:/<name>/<version>`` or ``@<alias>``, else None."""
+    if not ref.startswith("models:/") or ref.startswith("models:/m-"):
+        return None
+    name_version = ref[len("models:/") :]
+    client = MlflowClient()
+    if "@" in name_version:
+        name, alias = name_version.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    name, number = name_version.rsplit("/", 1)
+    return client.get_model_version(name, number)
+
+
 def run_id_of(ref: str) -> str:
     """The run behind a run id, ``runs:/`` URI or registered ``models:/`` version."""
     if ref.startswith("runs:/"):
         return ref[len("runs:/") :].split("/", 1)[0]
-    if ref.startswith("models:/"):
-        name_version = ref[len("models:/") :]
-        client = MlflowClient()
-        if "@" in name_version:
-            name, alias = name_version.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            name, number = name_version.rsplit("/", 1)
-            version = client.get_model_version(name, number)
-        if not version.run_id:
-            raise ValueError(f"{ref}: this version was not logged by a run")
-        return version.run_id
-    return ref
+    version = registered_version(ref)
+    if version is None:
+        return ref
+    if not version.run_id:
+        raise ValueError(f"{ref}: this version was not logged by a run")
+    return version.run_id
 
 
 def column(ref: str) -> Column:
-    """Resolve ``ref`` to a column; raises ValueError naming ``ref`` when it cannot."""
+    """Resolve ``ref`` to a column; raises ValueError naming ``ref`` when it cannot.
+
+    A registered version that `cifake evaluate` has evaluated (tag ``evaluation_run_id``) shows
+    its training run's metrics overlaid with the evaluation run's (robustness, leak-free test).
+    """
     if ref == "reference":
         return Column("reference design", dict(REFERENCE))
     try:
         run = mlflow.get_run(run_id_of(ref))
+        version = registered_version(ref)
+        evaluation = version.tags.get("evaluation_run_id") if version else None
+        extra = mlflow.get_run(evaluation).data.metrics if evaluation else {}
     except mlflow.exceptions.MlflowException as exc:
         raise ValueError(f"{ref}: not a run or registered model version ({exc.message})") from None
-    metrics = dict(run.data.metrics)
+    metrics = {**run.data.metrics, **extra}
     if "train_seconds" in metrics:
         metrics["train_minutes"] = metrics["train_seconds"] / 60
     header = run.info.run_name or run.info.run_id[:8]

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cifake_mlflow.robustness import DEFAULT_SUITE, parse_names
+
 #: Layers in ``keras.applications.MobileNetV2(include_top=False)``; checked by a test against
 #: the real model so that the limit on ``unfrozen_layers`` can be enforced without building it.
 MOBILENETV2_DEPTH = 154
@@ -113,6 +115,27 @@ class TrainConfig:
         default=None, **_help("stratified subset of the test split for quick runs ('all')")
     )
     threshold: float = field(default=0.5, **_help("prob_fake at or above which FAKE is said"))
+    target_fpr: float | None = field(
+        default=None,
+        **_help(
+            "choose the threshold on validation so that at most this share of REAL images is "
+            "called FAKE, e.g. 0.01 ('none': keep --threshold)"
+        ),
+    )
+    temperature_scaling: bool = field(
+        default=True,
+        **_help("fit a temperature on validation so prob_fake is calibrated (ranking unchanged)"),
+    )
+    robust_augment: str = field(
+        default="none",
+        **_help(
+            "robustness transformations (see `cifake evaluate`) also applied while training, "
+            "comma-separated, e.g. 'jpeg50,blur1,noise0.02' ('none': off)"
+        ),
+    )
+    robust_augment_rate: float = field(
+        default=0.5, **_help("share of training images given one of --robust-augment's changes")
+    )
     mixed_precision: Literal["auto", "on", "off"] = field(
         default="auto",
         **_help("float16 compute, float32 weights ('auto': on when a GPU is present)"),
@@ -152,6 +175,10 @@ class TrainConfig:
         _in_range(self, "zoom", 0.0, 1.0, high_open=True)
         _in_range(self, "rotation", 0.0, 180.0)
         _in_range(self, "threshold", 0.0, 1.0)
+        if self.target_fpr is not None:
+            _in_range(self, "target_fpr", 0.0, 1.0, high_open=True)
+        _in_range(self, "robust_augment_rate", 0.0, 1.0)
+        _check_robust_augment(self.robust_augment)
         if self.bn_momentum is not None:
             _in_range(self, "bn_momentum", 0.0, 1.0, low_open=True, high_open=True)
         if self.unfrozen_layers is not None and not (
@@ -228,6 +255,9 @@ _NONE_WORDS = {
     "init_from": ("none", ""),
     "max_train_images": ("all",),
     "max_test_images": ("all",),
+    "target_fpr": ("none", ""),
+    "max_images": ("all",),
+    "threshold": ("model",),
 }
 
 
@@ -326,6 +356,13 @@ def _in_range(
         raise ConfigError(name, value, f"a number in {left}{low:g}, {high:g}{right}")
 
 
+def _check_robust_augment(names: str) -> None:
+    try:
+        parse_names(names)
+    except ValueError as exc:
+        raise ConfigError("robust_augment", names, str(exc)) from None
+
+
 def _check_weights(weights: str) -> None:
     if weights in WEIGHT_KEYWORDS:
         return
@@ -401,5 +438,77 @@ class TuneConfig:
 
     @classmethod
     def from_strings(cls, values: dict[str, str | None]) -> TuneConfig:
+        parsed = {k: parse_value(k, v, cls) for k, v in values.items() if v is not None}
+        return cls(**parsed)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One ``cifake evaluate`` run: which model, on which images, and which extra reports."""
+
+    model_uri: str = field(
+        default="models:/cifake-detector@champion",
+        **_help("model to evaluate: runs:/<id>/model, models:/<name>/<version> or @<alias>"),
+    )
+    data: str = field(
+        default="data", **_help("CIFAKE folder, Kaggle .zip or .tar.gz archive(s) to evaluate on")
+    )
+    split: Literal["test", "train"] = field(
+        default="test", **_help("which split of --data to score (never tune on test)")
+    )
+    max_images: int | None = field(
+        default=None, **_help("seeded random subset of the split, for quick checks ('all')")
+    )
+    robustness: bool = field(
+        default=True, **_help("re-score the images after each everyday transformation")
+    )
+    transforms: str = field(
+        default=",".join(DEFAULT_SUITE),
+        **_help(
+            "robustness transformations, comma-separated (jpegQ, blurS, noiseS, downupF, cropF)"
+        ),
+    )
+    explain_samples: int = field(
+        default=16, **_help("Grad-CAM grid: this many correct and this many wrong images (0: off)")
+    )
+    bootstrap: int = field(
+        default=1000, **_help("bootstrap resamples for the 95% intervals (0: off)")
+    )
+    threshold: float | None = field(
+        default=None, **_help("decision threshold ('model': the one stored with the model)")
+    )
+    seed: int = field(
+        default=0, **_help("seed of subsets, noise, bootstrap and the Grad-CAM sample")
+    )
+    on_bad_file: Literal["error", "skip"] = field(
+        default="error", **_help("stop on unreadable images with a report, or skip them")
+    )
+    cache_dir: str | None = field(
+        default=None,
+        **_help("decoded-image cache ('auto': $CIFAKE_CACHE_DIR or ~/.cache/cifake-mlflow)"),
+    )
+    experiment: str = field(default="cifake-evaluation", **_help("MLflow experiment name"))
+    run_name: str | None = field(
+        default=None, **_help("MLflow run name ('auto': 'eval <model> on <split>')")
+    )
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        if self.max_images is not None and self.max_images < MIN_SUBSET:
+            raise ConfigError("max_images", self.max_images, f"at least {MIN_SUBSET}, or 'all'")
+        if self.threshold is not None:
+            _in_range(self, "threshold", 0.0, 1.0)
+        for name in ("explain_samples", "bootstrap", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, getattr(self, name), "0 or more")
+        if not self.experiment.strip():
+            raise ConfigError("experiment", self.experiment, "a non-empty name")
+        try:
+            parse_names(self.transforms)
+        except ValueError as exc:
+            raise ConfigError("transforms", self.transforms, str(exc)) from None
+
+    @classmethod
+    def from_strings(cls, values: dict[str, str | None]) -> EvalConfig:
         parsed = {k: parse_value(k, v, cls) for k, v in values.items() if v is not None}
         return cls(**parsed)

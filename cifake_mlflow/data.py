@@ -253,7 +253,7 @@ def _load_cache(folder: Path) -> Dataset | None:
 
 
 # -- decoding --------------------------------------------------------------------------------
-def _decode_all(source: Path, progress: bool) -> Dataset:
+def _decode_all(source: Path, progress: bool, required: tuple[str, ...] = SPLITS) -> Dataset:
     seen: set[tuple[str, int]] = set()
     images, labels, splits, hashes, paths = [], [], [], [], []
     report = DataReport()
@@ -274,7 +274,7 @@ def _decode_all(source: Path, progress: bool) -> Dataset:
         hashes.append(hashlib.blake2b(data, digest_size=16).digest())
         paths.append(entry.path)
     bar.close()
-    _check_layout(source, seen, labels, splits, report)
+    _check_layout(source, seen, labels, splits, report, required)
     ds = Dataset(
         images=np.stack(images).astype(np.uint8),
         labels=np.asarray(labels, dtype=np.uint8),
@@ -297,9 +297,10 @@ def _check_layout(
     labels: list[int],
     splits: list[int],
     report: DataReport,
+    required: tuple[str, ...] = SPLITS,
 ) -> None:
     present = {(SPLITS[s], lab) for s, lab in zip(splits, labels, strict=True)}
-    for split in SPLITS:
+    for split in required:
         if not any(s == split for s, _ in seen):
             raise DataError(f"no '{split}' split in {source}: {LAYOUT_HINT}")
         for label, cls in enumerate(CLASSES):
@@ -356,8 +357,12 @@ def load_dataset(
     cache_dir: str | Path | None = None,
     on_bad_file: str = "error",
     progress: bool = True,
+    required: tuple[str, ...] = SPLITS,
 ) -> Dataset:
     """Decode (or reuse the cache of) ``source``; apply the bad-file policy.
+
+    ``required`` names the splits that must be there with both classes (training needs both;
+    evaluating a test archive alone needs only ``("test",)``).
 
     ``on_bad_file='error'`` raises :class:`DataError` listing every bad file;
     ``'skip'`` leaves them out (they stay listed in ``report.bad_files``).
@@ -368,9 +373,11 @@ def load_dataset(
     cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
     folder = _cache_path(cache_root, fingerprint(source))
     ds = _load_cache(folder)
+    if ds is not None and not set(required) <= {SPLITS[i] for i in np.unique(ds.splits)}:
+        ds = None  # decoded for another purpose; decode again to report what is missing
     if ds is None:
         start = time.perf_counter()
-        ds = _decode_all(source, progress)
+        ds = _decode_all(source, progress, required)
         _save_cache(folder, ds)
         if progress:
             print(

@@ -7,11 +7,16 @@ augmenting at 160 px and keeps the pipeline from ever being the bottleneck of tr
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+from cifake_mlflow import robustness
 from cifake_mlflow.config import TrainConfig
+
+BatchFn = Callable[[tf.Tensor], tf.Tensor]
 
 
 def augmenter(cfg: TrainConfig) -> keras.Sequential | None:
@@ -32,6 +37,29 @@ def augmenter(cfg: TrainConfig) -> keras.Sequential | None:
     return keras.Sequential(layers, name="augmentation") if layers else None
 
 
+def robust_augmenter(cfg: TrainConfig) -> BatchFn | None:
+    """``--robust-augment``: the evaluation suite's transformations as training augmentation.
+
+    Runs the very functions :mod:`cifake_mlflow.robustness` evaluates with (through
+    ``tf.numpy_function``), after flip/zoom/rotation, on images rounded back to uint8 as a
+    re-encoded file would be.
+    """
+    names = robustness.parse_names(cfg.robust_augment)
+    if not names or cfg.robust_augment_rate <= 0:
+        return None
+    rng = np.random.default_rng(cfg.seed + 3)
+
+    def numpy_side(batch: np.ndarray) -> np.ndarray:
+        return robustness.augment_batch(batch, names, cfg.robust_augment_rate, rng)
+
+    def tf_side(x: tf.Tensor) -> tf.Tensor:
+        as_uint8 = tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+        out = tf.numpy_function(numpy_side, [as_uint8], tf.uint8, stateful=True)
+        return tf.cast(tf.ensure_shape(out, x.shape), tf.float32)
+
+    return tf_side
+
+
 def make_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -39,6 +67,7 @@ def make_dataset(
     *,
     shuffle: bool = False,
     augment: keras.Sequential | None = None,
+    robust: BatchFn | None = None,
     seed: int = 0,
 ) -> tf.data.Dataset:
     """A ``(float32 images in [0, 255], float32 labels)`` dataset of batches."""
@@ -51,4 +80,6 @@ def make_dataset(
         ds = ds.map(
             lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
         )
+    if robust is not None:
+        ds = ds.map(lambda x, y: (robust(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
-from sklearn.metrics import roc_curve
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
-from cifake_mlflow.metrics import CLASS_NAMES, confusion, roc_auc
+from cifake_mlflow.metrics import (
+    CLASS_NAMES,
+    confusion,
+    expected_calibration_error,
+    reliability,
+    roc_auc,
+)
 
 
 def confusion_figure(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> Figure:
@@ -87,5 +93,89 @@ def misclassified_figure(
     if len(order) == 0:
         axes[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
     fig.suptitle(f"Misclassified test images ({len(wrong)} in all; most confident first)")
+    fig.tight_layout()
+    return fig
+
+
+def pr_figure(labels: np.ndarray, scores: np.ndarray) -> Figure:
+    """Precision-recall curve of FAKE, with average precision and the FAKE share as chance."""
+    labels = np.asarray(labels).ravel()
+    precision, recall, _ = precision_recall_curve(labels, np.asarray(scores).ravel())
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.subplots()
+    ax.plot(recall, precision, label=f"AP = {average_precision_score(labels, scores):.4f}")
+    ax.axhline(labels.mean(), linestyle="--", color="grey", linewidth=1, label="chance")
+    ax.set_xlabel("recall (FAKE caught)")
+    ax.set_ylabel("precision (flagged that are FAKE)")
+    ax.set_title("Precision-recall curve")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(
+    labels: np.ndarray, scores: np.ndarray, raw_scores: np.ndarray | None = None
+) -> Figure:
+    """Reliability diagram: observed FAKE share against mean prob_fake per bin, with ECE.
+
+    With ``raw_scores`` the uncalibrated curve is drawn too, so temperature scaling's effect
+    is visible; bar heights below show how many images fall in each bin.
+    """
+    fig = Figure(figsize=(4.5, 5))
+    ax, counts_ax = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect")
+    curves = [("calibrated" if raw_scores is not None else "model", scores)]
+    if raw_scores is not None:
+        curves.append(("uncalibrated", raw_scores))
+    for name, values in reversed(curves):
+        mean, observed, _ = reliability(labels, values)
+        ece = expected_calibration_error(labels, values)
+        ax.plot(mean, observed, marker="o", label=f"{name} (ECE {ece:.4f})")
+    _, _, counts = reliability(labels, scores)
+    edges = np.linspace(0, 1, len(counts) + 1)
+    counts_ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:blue")
+    counts_ax.set_yscale("log")
+    counts_ax.set_ylabel("images")
+    counts_ax.set_xlabel("mean prob_fake in bin")
+    ax.set_ylabel("observed FAKE share")
+    ax.set_title(f"Reliability ({len(counts)} bins)")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def histogram_figure(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> Figure:
+    """prob_fake histograms per true class, with the decision threshold."""
+    labels = np.asarray(labels).ravel()
+    scores = np.asarray(scores).ravel()
+    fig = Figure(figsize=(5.5, 3.5))
+    ax = fig.subplots()
+    bins = np.linspace(0, 1, 41)
+    for label, name in enumerate(CLASS_NAMES):
+        ax.hist(scores[labels == label], bins=bins, alpha=0.6, label=f"true {name}")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("prob_fake")
+    ax.set_ylabel("images")
+    ax.set_title("Scores per class")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def robustness_figure(results: dict[str, dict[str, float]]) -> Figure:
+    """Accuracy, ROC-AUC and false-positive rate per transformation, ``clean`` first."""
+    names = list(results)
+    fig = Figure(figsize=(max(6, 0.8 * len(names) + 2), 4))
+    ax = fig.subplots()
+    x = np.arange(len(names))
+    for offset, metric in zip((-0.27, 0.0, 0.27), ("accuracy", "roc_auc", "fpr"), strict=True):
+        values = [results[n][metric] for n in names]
+        ax.bar(x + offset, values, width=0.27, label=metric)
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.axhline(results[names[0]]["accuracy"], color="tab:blue", linestyle=":", linewidth=1)
+    ax.set_title("Robustness to everyday processing (threshold frozen)")
+    ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     return fig

@@ -2,8 +2,10 @@
 
 Loaded by ``mlflow.pyfunc.load_model`` and by ``mlflow models serve``. Input is one column,
 ``image``: base64 image files or 32x32x3 uint8 arrays (see :mod:`cifake_mlflow.payload`). It
-answers each image with ``prob_fake``, ``label`` (REAL or FAKE) and the threshold used;
-``params={"threshold": t}`` overrides the threshold per request.
+answers each image with ``prob_fake`` (temperature-calibrated), ``label`` (REAL or FAKE) and
+the threshold used; ``params={"threshold": t}`` overrides the threshold per request. The
+temperature and default threshold were fitted on the validation split and travel in the
+model's config (see :mod:`cifake_mlflow.calibration`).
 
 The ``image`` column is typed ``Any``: MLflow checks that the column is there, and
 :mod:`cifake_mlflow.payload` checks every item, naming the bad one. (A typed column cannot carry
@@ -19,6 +21,7 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
+from cifake_mlflow.calibration import apply_temperature
 from cifake_mlflow.payload import COLUMN, images_from, threshold_from
 
 #: Images per call into the SavedModel; bounds peak memory for large requests.
@@ -58,8 +61,12 @@ class CifakeDetector(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         import tensorflow as tf
 
+        config = context.model_config or {}
         self._saved = tf.saved_model.load(context.artifacts["saved_model"])
-        self._threshold = float((context.model_config or {}).get("threshold", 0.5))
+        # "threshold" is where models logged before calibration kept it.
+        self._threshold = float(config.get("decision_threshold", config.get("threshold", 0.5)))
+        # Fitted on validation at training time; 1.0 (no change) for models logged before it.
+        self._temperature = float(config.get("temperature", 1.0))
 
     # No type hints on predict: MLflow would try to derive a schema from them; the explicit
     # signature passed at logging time is the contract.
@@ -67,8 +74,22 @@ class CifakeDetector(mlflow.pyfunc.PythonModel):
         threshold = threshold_from(params, self._threshold)
         return labelled(self.scores(images_from(model_input)), threshold)
 
+    @property
+    def threshold(self) -> float:
+        """The decision threshold stored with the model."""
+        return self._threshold
+
+    @property
+    def temperature(self) -> float:
+        """The temperature stored with the model (1.0: uncalibrated)."""
+        return self._temperature
+
     def scores(self, images: np.ndarray) -> np.ndarray:
-        """prob_fake per image, in chunks of :data:`CHUNK`."""
+        """Calibrated prob_fake per uint8 image (N, 32, 32, 3)."""
+        return apply_temperature(self.raw_scores(images), self._temperature)
+
+    def raw_scores(self, images: np.ndarray) -> np.ndarray:
+        """The SavedModel's own prob_fake, before temperature, in chunks of :data:`CHUNK`."""
         import tensorflow as tf
 
         out = [

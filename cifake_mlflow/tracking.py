@@ -17,6 +17,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -27,6 +28,7 @@ from mlflow.data.meta_dataset import MetaDataset
 
 import cifake_mlflow
 from cifake_mlflow import plots
+from cifake_mlflow.calibration import Calibration
 from cifake_mlflow.config import TrainConfig
 from cifake_mlflow.data import Dataset, Splits
 from cifake_mlflow.evaluate import Evaluation
@@ -291,16 +293,32 @@ def log_training(result: TrainResult, startup: bool = True) -> None:
     mlflow.set_tag("stopped_early", str(result.stopped_early).lower())
 
 
-def log_evaluation(ev: Evaluation, images: np.ndarray, prefix: str = "test") -> None:
-    """The reference table as metrics, text and JSON, plus confusion, ROC and error grid."""
-    mlflow.log_metrics(ev.flat(f"{prefix}_"))
-    folder = "evaluation"
+def log_evaluation(
+    ev: Evaluation,
+    images: np.ndarray,
+    prefix: str = "test",
+    folder: str = "evaluation",
+    model_id: str | None = None,
+) -> None:
+    """Metrics (reference table, ECE, PR-AUC, TPR at FPR, CIs) as metrics, text and JSON, plus
+    confusion matrix, ROC and PR curves, reliability diagram, score histograms and error grid.
+    """
+    mlflow.log_metrics(ev.flat(f"{prefix}_"), model_id=model_id)
     mlflow.log_text(ev.text, f"{folder}/classification_report.txt")
     log_json(ev.table, f"{folder}/classification_report.json")
     mlflow.log_figure(
         plots.confusion_figure(ev.labels, ev.scores, ev.threshold), f"{folder}/confusion_matrix.png"
     )
     mlflow.log_figure(plots.roc_figure(ev.labels, ev.scores), f"{folder}/roc_curve.png")
+    mlflow.log_figure(plots.pr_figure(ev.labels, ev.scores), f"{folder}/pr_curve.png")
+    raw = ev.raw_scores if ev.temperature != 1.0 else None
+    mlflow.log_figure(
+        plots.reliability_figure(ev.labels, ev.scores, raw), f"{folder}/reliability.png"
+    )
+    mlflow.log_figure(
+        plots.histogram_figure(ev.labels, ev.scores, ev.threshold),
+        f"{folder}/score_histograms.png",
+    )
     mlflow.log_figure(
         plots.misclassified_figure(images, ev.labels, ev.scores, ev.threshold),
         f"{folder}/misclassified.png",
@@ -325,11 +343,15 @@ def keras_model_path(source: str) -> Path:
     return found
 
 
-def log_detector(model: keras.Model, cfg: TrainConfig) -> str:
+def log_detector(model: keras.Model, cfg: TrainConfig, cal: Calibration | None = None) -> str:
     """Log the model as a pyfunc around a TensorFlow SavedModel; returns its model URI.
 
     The Keras file travels with it (artifact ``keras_model``) for warm starts and re-evaluation.
+    The validation-fitted temperature and threshold (``cal``) go into the model config, where
+    the served pyfunc reads them; without ``cal`` the model is uncalibrated at ``cfg.threshold``.
     """
+    threshold = cal.threshold if cal is not None else cfg.threshold
+    temperature = cal.temperature if cal is not None else 1.0
     package = Path(cifake_mlflow.__file__).parent
     with tempfile.TemporaryDirectory() as tmp:
         saved = export_saved_model(model, Path(tmp) / "saved_model")
@@ -344,8 +366,14 @@ def log_detector(model: keras.Model, cfg: TrainConfig) -> str:
                 python_model=CifakeDetector(),
                 artifacts={"saved_model": str(saved), "keras_model": str(keras_file)},
                 code_paths=[str(package)],
-                signature=signature(cfg.threshold),
-                model_config={"threshold": cfg.threshold, "image_size": cfg.image_size},
+                signature=signature(threshold),
+                # MLflow also logs model_config as run params; "decision_threshold" keeps
+                # clear of the run's own "threshold" param (the configured starting value).
+                model_config={
+                    "decision_threshold": threshold,
+                    "temperature": temperature,
+                    "image_size": cfg.image_size,
+                },
                 pip_requirements=_requirements(),
             )
     return info.model_uri
@@ -355,6 +383,8 @@ def _requirements() -> list[str]:
     """Pinned serving requirements (skips MLflow's slow requirement inference)."""
     import pandas
     import PIL
+    import scipy
+    import sklearn
     import tensorflow as tf
 
     return [
@@ -364,4 +394,43 @@ def _requirements() -> list[str]:
         f"numpy=={np.__version__}",
         f"pandas=={pandas.__version__}",
         f"pillow=={PIL.__version__}",
+        f"scikit-learn=={sklearn.__version__}",  # calibration (temperature) uses metrics
+        f"scipy=={scipy.__version__}",
     ]
+
+
+@dataclass
+class LoadedDetector:
+    """A logged detector, loaded for evaluation and explanation.
+
+    ``served`` is the pyfunc's own Python model (the code ``mlflow models serve`` runs, with its
+    stored temperature and threshold); ``network`` is the same Keras model, for gradients.
+    """
+
+    uri: str
+    served: CifakeDetector
+    network: keras.Model
+    run_id: str | None
+    model_id: str | None
+
+
+def load_detector(uri: str) -> LoadedDetector:
+    """Load ``uri`` (runs:/, models:/name/version, models:/name@alias) both ways."""
+    try:
+        info = mlflow.models.get_model_info(uri)
+        pyfunc_model = mlflow.pyfunc.load_model(uri)
+    except Exception as exc:
+        raise ValueError(
+            f"model_uri={uri!r}: MLflow cannot load it ({exc}). Give runs:/<run_id>/model, "
+            "models:/<name>/<version> or models:/<name>@<alias> from this tracking server."
+        ) from None
+    served = pyfunc_model.unwrap_python_model()
+    if not isinstance(served, CifakeDetector):
+        raise ValueError(f"model_uri={uri!r} is not a cifake detector ({type(served).__name__})")
+    return LoadedDetector(
+        uri=uri,
+        served=served,
+        network=keras.models.load_model(keras_model_path(uri)),
+        run_id=info.run_id,
+        model_id=getattr(info, "model_id", None),
+    )

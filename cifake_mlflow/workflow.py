@@ -19,11 +19,12 @@ import numpy as np
 import tensorflow as tf
 
 from cifake_mlflow import accelerate, tracking
+from cifake_mlflow.calibration import Calibration, calibrate
 from cifake_mlflow.config import TrainConfig
 from cifake_mlflow.data import Dataset, Splits, load_dataset, make_splits
-from cifake_mlflow.evaluate import Evaluation, evaluate
+from cifake_mlflow.evaluate import Evaluation, evaluate, predict_scores
 from cifake_mlflow.model import build_model, warm_start
-from cifake_mlflow.pipeline import augmenter, make_dataset
+from cifake_mlflow.pipeline import augmenter, make_dataset, robust_augmenter
 from cifake_mlflow.train import TrainResult, fit
 
 
@@ -72,6 +73,27 @@ def best_val_metrics(history: Mapping[str, list[float]], best_epoch: int) -> dic
 
 
 _interrupted = threading.Event()
+
+
+def calibrate_on_validation(
+    cfg: TrainConfig, model: keras.Model, ds: Dataset, splits: Splits
+) -> Calibration:
+    """Temperature and threshold from the validation split (never test); logged as metrics."""
+    labels = ds.labels[splits.val]
+    cal = calibrate(
+        labels,
+        predict_scores(model, ds.images[splits.val]),
+        threshold=cfg.threshold,
+        target_fpr=cfg.target_fpr,
+        temperature_scaling=cfg.temperature_scaling,
+    )
+    mlflow.log_metrics(cal.metrics("val_"))
+    print(
+        f"calibration on validation: temperature {cal.temperature:.3f}, ECE "
+        f"{cal.ece_before:.4f} -> {cal.ece_after:.4f}, threshold {cal.threshold:.4f}",
+        flush=True,
+    )
+    return cal
 
 
 @contextmanager
@@ -167,6 +189,7 @@ def _train_in_run(
         cfg.batch_size,
         shuffle=True,
         augment=augmenter(cfg),
+        robust=robust_augmenter(cfg),
         seed=cfg.seed,
     )
     val_data = make_dataset(ds.images[splits.val], ds.labels[splits.val], cfg.batch_size)
@@ -184,12 +207,15 @@ def _train_in_run(
     tracking.log_training(result, startup=not nested)
     val_metrics = best_val_metrics(result.history, result.best_epoch)
     mlflow.log_metrics(val_metrics)
+    cal = calibrate_on_validation(cfg, model, ds, splits)
     print(f"evaluating on {len(splits.test):,} test images ...", flush=True)
-    test = evaluate(model, ds.images[splits.test], ds.labels[splits.test], cfg.threshold)
+    test = evaluate(
+        model, ds.images[splits.test], ds.labels[splits.test], cal.threshold, cal.temperature
+    )
     tracking.log_evaluation(test, ds.images[splits.test])
     print(test.text, flush=True)
     print("logging the model (TensorFlow SavedModel + pyfunc) ...", flush=True)
-    model_uri = tracking.log_detector(model, cfg)
+    model_uri = tracking.log_detector(model, cfg, cal)
     mlflow.set_tag("model_uri", model_uri)
     run_id = mlflow.active_run().info.run_id
     return RunSummary(run_id, model_uri, test, result, val_metrics)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,23 @@ def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+@contextmanager
+def module_store(work: Path) -> Iterator[str]:
+    """For module-scoped fixtures: work in ``work`` with its own sqlite store and image cache."""
+    import mlflow
+
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("CIFAKE_CACHE_DIR", str(work / "cache"))
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mlflow.set_tracking_uri(uri)
+        yield uri
+        while mlflow.active_run():
+            mlflow.end_run()
 
 
 @pytest.fixture(scope="session")

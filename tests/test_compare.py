@@ -43,6 +43,14 @@ def test_runs_versions_and_reference_side_by_side(tracking: str) -> None:
     assert "| epochs run | 7 | 7 |  |" in lines
     assert not any(line.startswith("| FAKE F1") for line in lines), "rows nobody has are left out"
 
+    # Once `cifake evaluate` has tagged the version, its evaluation metrics join the column.
+    with mlflow.start_run(run_name="evaluation") as evaluation:
+        mlflow.log_metrics({"robust_jpeg50_accuracy": 0.8811, "test_accuracy": 0.9612})
+    client.set_model_version_tag("det", "1", "evaluation_run_id", evaluation.info.run_id)
+    table = CliRunner().invoke(main, ["compare", "models:/det@champion", "--no-reference"])
+    assert "| accuracy after JPEG q50 | 0.8811 |" in table.output.splitlines()
+    assert "| epochs run | 7 |" in table.output.splitlines()  # the training run's, kept
+
     as_csv = CliRunner().invoke(
         main, ["compare", f"runs:/{first}/model", "--no-reference", "--format", "csv"]
     )

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
+from cifake_mlflow import metrics
 from cifake_mlflow.metrics import (
     CLASS_NAMES,
     classification_table,
@@ -145,3 +146,72 @@ def test_text_report() -> None:
         labels, (scores >= 0.4).astype(int), target_names=["REAL", "FAKE"], digits=4
     )
     assert reference in text
+
+
+# -- detector metrics ---------------------------------------------------------------------------
+def test_ece_matches_hand_computed_cases() -> None:
+    # One image per bin: mean |label - score| = (0.1 + 0.2 + 0.2 + 0.1) / 4.
+    assert metrics.expected_calibration_error([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == (
+        pytest.approx(0.15)
+    )
+    # One bin holding everything: |3/4 FAKE - mean score 0.5|.
+    assert metrics.expected_calibration_error([1, 1, 1, 0], [0.5] * 4) == pytest.approx(0.25)
+    # Perfectly calibrated bins give 0; scores of exactly 1.0 land in the last bin.
+    assert metrics.expected_calibration_error([0, 1], [0.0, 1.0]) == 0.0
+
+
+def test_tpr_and_threshold_at_fixed_fpr_by_hand() -> None:
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    scores = [0.1, 0.2, 0.3, 0.9, 0.4, 0.5, 0.95, 0.99]
+    assert metrics.tpr_at_fpr(labels, scores, 0.0) == 0.5  # only 0.95 and 0.99 clear 0.9
+    assert metrics.tpr_at_fpr(labels, scores, 0.25) == 1.0  # one REAL (0.9) may pass
+    strict = metrics.threshold_at_fpr(labels, scores, 0.0)
+    assert 0.9 < strict <= 0.95
+    assert metrics.false_positive_rate(labels, scores, strict) == 0.0
+    loose = metrics.threshold_at_fpr(labels, scores, 0.25)
+    assert 0.3 < loose <= 0.4
+    assert metrics.false_positive_rate(labels, scores, loose) == 0.25
+
+
+def test_threshold_at_fpr_keeps_its_promise_on_random_scores() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 2000)
+    scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1)
+    for target in (0.01, 0.05, 0.2):
+        t = metrics.threshold_at_fpr(labels, scores, target)
+        assert metrics.false_positive_rate(labels, scores, t) <= target
+        # The lowest such threshold: any REAL score just below it would break the promise.
+        below = np.nextafter(np.max(scores[(labels == 0) & (scores < t)]), -np.inf)
+        assert metrics.false_positive_rate(labels, scores, below) > target
+
+
+def test_detector_metrics_agree_with_scikit_learn() -> None:
+    from sklearn.metrics import average_precision_score, balanced_accuracy_score, log_loss
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 500)
+    scores = np.clip(rng.normal(0.4 + 0.2 * labels, 0.25), 0.001, 0.999)
+    got = metrics.detector_metrics(labels, scores, threshold=0.5, resamples=0)
+    assert got["pr_auc"] == pytest.approx(average_precision_score(labels, scores))
+    assert got["log_loss"] == pytest.approx(log_loss(labels, scores))
+    assert got["balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score(labels, (scores >= 0.5).astype(int))
+    )
+    assert "accuracy_ci_low" not in got
+
+
+def test_bootstrap_interval_contains_the_estimate_and_narrows_with_data() -> None:
+    rng = np.random.default_rng(2)
+
+    def interval(n: int) -> tuple[float, float, float]:
+        labels = rng.integers(0, 2, n)
+        scores = np.clip(rng.normal(0.4 + 0.2 * labels, 0.2), 0, 1)
+        low, high = metrics.bootstrap_ci(labels, scores, metrics.roc_auc, resamples=300)
+        return low, metrics.roc_auc(labels, scores), high
+
+    small, large = interval(200), interval(5000)
+    assert small[0] < small[1] < small[2]
+    assert large[0] < large[1] < large[2]
+    assert large[2] - large[0] < (small[2] - small[0]) / 2
+    got = metrics.detector_metrics([0, 1] * 100, [0.2, 0.7] * 100, resamples=50)
+    assert got["accuracy_ci_low"] == got["accuracy_ci_high"] == 1.0

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import SHARED_DATA, jpeg_bytes, synthetic_image, write_cifake
+from conftest import SHARED_DATA, jpeg_bytes, module_store, synthetic_image, write_cifake
 from PIL import Image
 
 from cifake_mlflow import registry, serving
@@ -34,13 +34,7 @@ MODEL = "cifake-detector"
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A sqlite registry whose champion is a briefly trained detector; the work folder."""
     work = tmp_path_factory.mktemp("serving")
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(work)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("CIFAKE_CACHE_DIR", str(work / "cache"))
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mlflow.set_tracking_uri(uri)
+    with module_store(work):
         data = write_cifake(work / "cifake", {"train": 60, "test": 8}, seed=5)
         cfg = TrainConfig(data=str(data), weights="none", image_size=32, epochs=2, batch_size=16)
         summary = train_and_log(cfg, verbose=0)

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from conftest import ROOT, write_cifake
 from mlflow.tracking import MlflowClient
 
+from cifake_mlflow.calibration import apply_temperature
 from cifake_mlflow.cli import main
 from cifake_mlflow.config import TrainConfig
 from cifake_mlflow.data import load_dataset
@@ -109,11 +110,13 @@ def assert_complete_run(run: mlflow.entities.Run, epochs: int) -> None:
 
 
 def assert_model_matches_keras(model_uri: str, images: np.ndarray) -> None:
-    """The logged SavedModel pyfunc equals Keras predict, at batch size 1 and 64."""
+    """The logged SavedModel pyfunc equals Keras predict (through the stored temperature), at
+    batch size 1 and 64."""
     served = mlflow.pyfunc.load_model(model_uri)
     local = Path(mlflow.artifacts.download_artifacts(model_uri))
     reference = keras.models.load_model(local / "artifacts" / "detector.keras")
-    expected = reference.predict(images.astype("float32"), verbose=0).ravel()
+    raw = reference.predict(images.astype("float32"), verbose=0).ravel()
+    expected = apply_temperature(raw, served.model_config["temperature"])
     batch = served.predict(frame(images))
     assert list(batch.columns) == ["prob_fake", "label", "threshold"]
     np.testing.assert_allclose(batch["prob_fake"], expected, atol=1e-5)
