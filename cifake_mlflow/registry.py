@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cifake_mlflow import metrics
-from cifake_mlflow.payload import frame
+from cifake_mlflow.payload import MAX_BATCH, frame
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -43,12 +44,20 @@ class GateDecision:
 
 
 def score_model(model_uri: str, images: np.ndarray, labels: np.ndarray, metric: str) -> float:
-    """Load ``model_uri`` as pyfunc and score it on ``images`` (roc_auc or accuracy)."""
-    answer = mlflow.pyfunc.load_model(model_uri).predict(frame(images))
-    scores = answer["prob_fake"].to_numpy()
+    """Load ``model_uri`` as pyfunc and score it on ``images`` (roc_auc or accuracy).
+
+    Images go in requests of at most :data:`~cifake_mlflow.payload.MAX_BATCH`, the limit the
+    served model enforces; accuracy uses the label the model itself gives (its own threshold).
+    """
+    model = mlflow.pyfunc.load_model(model_uri)
+    answers = [
+        model.predict(frame(images[i : i + MAX_BATCH])) for i in range(0, len(images), MAX_BATCH)
+    ]
+    answer = pd.concat(answers, ignore_index=True)
     if metric == "roc_auc":
-        return metrics.roc_auc(labels, scores)
-    return float(np.mean(metrics.predict_labels(scores) == np.asarray(labels).ravel()))
+        return metrics.roc_auc(labels, answer["prob_fake"].to_numpy())
+    said = (answer["label"] == "FAKE").to_numpy().astype(np.int64)
+    return float(np.mean(said == np.asarray(labels).ravel()))
 
 
 def champion(name: str) -> ModelVersion | None:

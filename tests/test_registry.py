@@ -11,11 +11,13 @@ import pytest
 from click.testing import CliRunner
 from conftest import write_cifake
 from mlflow.tracking import MlflowClient
+from sklearn.metrics import roc_auc_score
 
 from cifake_mlflow import registry, tracking
 from cifake_mlflow.cli import main
 from cifake_mlflow.config import TrainConfig
-from cifake_mlflow.payload import frame
+from cifake_mlflow.model import build_model
+from cifake_mlflow.payload import MAX_BATCH, frame
 from cifake_mlflow.workflow import prepare_data, train_and_log
 
 
@@ -127,3 +129,23 @@ def test_init_from_a_logged_run_warm_starts_training(
     assert mlflow.get_run(summary.run_id).data.params["init_from"] == f"runs:/{run_id}/model"
     with pytest.raises(ValueError, match=r"init_from='runs:/0+/model'"):
         tracking.keras_model_path(f"runs:/{'0' * 32}/model")
+
+
+@pytest.mark.usefixtures("tracking")
+def test_scoring_a_validation_split_larger_than_one_request() -> None:
+    """The gate scores in requests of MAX_BATCH: a full CIFAKE validation split is ~9,900."""
+    cfg = TrainConfig(weights="none", image_size=32, threshold=0.5)
+    model = build_model(cfg)
+    mlflow.set_experiment("scoring-test")  # not whichever experiment an earlier test selected
+    with mlflow.start_run(run_name="untrained"):
+        uri = tracking.log_detector(model, cfg)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (MAX_BATCH + 77, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 2, len(images))
+    raw = model.predict(images.astype(np.float32), verbose=0).ravel()
+    assert registry.score_model(uri, images, labels, "roc_auc") == pytest.approx(
+        roc_auc_score(labels, raw), abs=1e-4
+    )
+    assert registry.score_model(uri, images, labels, "accuracy") == pytest.approx(
+        np.mean((raw >= 0.5) == labels), abs=2 / len(images)
+    )
