@@ -46,14 +46,17 @@ def test_jpegs(data: Path, per_class: int) -> tuple[list[bytes], list[int]]:
     return found["REAL"] + found["FAKE"], [0] * len(found["REAL"]) + [1] * len(found["FAKE"])
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> list[float]:
-    """Seconds per call of ``fn``, ``repeats`` times."""
-    out = []
+def timed_pair(
+    first: Callable[[], Any], second: Callable[[], Any], repeats: int
+) -> tuple[list[float], list[float]]:
+    """Seconds per call of two functions, alternating calls so that load drift hits both alike."""
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
+        for fn, out in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return times
 
 
 def result(ours: float, baseline: float, unit: str, **extra: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Starts the server on a free loopback port, then on real CIFAKE test JPEGs measur
   same file (the baseline: what HTTP, JSON and base64 cost);
 - throughput (images/s) for batches of 1, 16, 64 and 256 files, both ways;
 - agreement: the largest |served - in-process| prob_fake over all files (must be < 1e-5).
+Served and in-process calls alternate, so a change of load on the machine hits both alike.
 Run it where the tracking store holding the model is (``mlflow.db``), or set
 MLFLOW_TRACKING_URI. Results are printed and merged into benchmarks/results.json.
 """
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from common import DEFAULT_DATA, print_table, result, save, test_jpegs, timed
+from common import DEFAULT_DATA, print_table, result, save, test_jpegs, timed_pair
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -47,8 +48,10 @@ def run(model_uri: str, data: Path, quick: bool = False) -> dict[str, dict]:
             return score(server.url, batch)["prob_fake"].to_numpy()
 
         diff = float(np.max(np.abs(http(files) - local(files))))
-        served_ms = np.array(timed(lambda: http(files[:1]), single_repeats)) * 1e3
-        local_ms = np.array(timed(lambda: local(files[:1]), single_repeats)) * 1e3
+        served_s, local_s = timed_pair(
+            lambda: http(files[:1]), lambda: local(files[:1]), single_repeats
+        )
+        served_ms, local_ms = np.array(served_s) * 1e3, np.array(local_s) * 1e3
         for q in (50, 99):
             results[f"serving_latency_p{q}_1_image"] = result(
                 float(np.percentile(served_ms, q)), float(np.percentile(local_ms, q)), "ms"
@@ -56,8 +59,9 @@ def run(model_uri: str, data: Path, quick: bool = False) -> dict[str, dict]:
         for size in BATCHES:
             batch = files[:size]
             repeats = max(2, (64 if quick else 256) // size)
-            served_s = timed(lambda b=batch: http(b), repeats)
-            local_s = timed(lambda b=batch: local(b), repeats)
+            served_s, local_s = timed_pair(
+                lambda b=batch: http(b), lambda b=batch: local(b), repeats
+            )
             results[f"serving_throughput_batch_{size}"] = result(
                 size / float(np.median(served_s)), size / float(np.median(local_s)), "images/s"
             )

@@ -207,8 +207,9 @@ def serve(
     POST base64 image files to /invocations in column "image"; see the README for the curl
     line. Each worker holds its own copy of the model (about 1 GB).
     """
-    from cifake_mlflow import serving
+    from cifake_mlflow import serving, tracking
 
+    tracking.tracking_uri()
     uri = model_uri or serving.model_uri(model_name, alias)
     command = serving.serve_command(uri, host, port, workers)
     click.echo(f"serving {uri} at http://{host}:{port}/invocations", err=True)

@@ -9,6 +9,7 @@ go through here, so they start and call the server the same way.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
 
 from cifake_mlflow.payload import COLUMN
@@ -59,10 +61,16 @@ def serve_command(
 
 
 def serve_env() -> dict[str, str]:
-    """The environment: MLflow starts ``uvicorn`` by name, so this interpreter's bin/ leads PATH."""
+    """The server's environment.
+
+    MLflow starts ``uvicorn`` by name, so this interpreter's bin/ leads PATH; ``models:/`` URIs
+    resolve in the store this process uses (``cifake serve`` sets the project's), so the server
+    never falls back to another default of its own.
+    """
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("MLFLOW_TRACKING_URI", mlflow.get_tracking_uri())
     return env
 
 
@@ -91,16 +99,24 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = START_TIMEOUT) -> Server:
-        """Start the server and wait until it answers ``/ping``."""
+        """Start the server, wait until it answers ``/ping``; leave nothing running on failure."""
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            serve_command(self.uri, self.host, self.port, self.workers),
-            env=serve_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        wait_ready(self.url, timeout, self.process)
+        try:
+            self.process = subprocess.Popen(
+                serve_command(self.uri, self.host, self.port, self.workers),
+                env=serve_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:  # the child holds its own copy of the log file
+            if out is not subprocess.DEVNULL:
+                out.close()
+        try:
+            wait_ready(self.url, timeout, self.process)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -159,6 +175,11 @@ def post(url: str, payload: dict[str, Any], timeout: float = 120.0) -> Any:
     except urllib.error.URLError as exc:
         raise ServingError(
             f"cannot reach {url}: {exc.reason}; is the server running (cifake serve)?"
+        ) from None
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+        raise ServingError(
+            f"{url} did not answer ({type(exc).__name__}: {exc or 'no reply'}) within "
+            f"{timeout:.0f} s; the server may have stopped or be overloaded"
         ) from None
 
 

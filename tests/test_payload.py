@@ -98,3 +98,16 @@ def test_threshold_param_is_checked() -> None:
         threshold_from({"threshold": -0.1}, 0.5)
     with pytest.raises(BadInput, match=r"params.threshold='high' is not a number"):
         threshold_from({"threshold": "high"}, 0.5)
+
+
+def test_files_over_the_size_limit_are_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch, files: list[bytes]
+) -> None:
+    from cifake_mlflow import payload
+
+    monkeypatch.setattr(payload, "MAX_FILE_BYTES", 2**20)  # 1 MiB: the real 20 MiB is slow
+    big = files[0] + b"\0" * 2**20  # a JPEG with trailing bytes: valid, but too large
+    for item in (big, b64(big)):
+        with pytest.raises(BadInput, match="item 2: file is larger than the limit of 1 MiB"):
+            to_pixels(item, 2)
+    assert to_pixels(files[0], 2).shape == (32, 32, 3)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,7 +263,9 @@ def test_predict_command_writes_one_row_per_image(
     assert set(got["error"]) == {""}
 
 
-def test_predict_writes_json_lines_and_explains_a_dead_url(folder: Path, store: Path) -> None:
+def test_predict_writes_json_lines_and_explains_a_dead_url(
+    folder: Path, store: Path, local: mlflow.pyfunc.PyFuncModel
+) -> None:
     dead = f"http://127.0.0.1:{serving.free_port()}"
     result = CliRunner().invoke(main, ["predict", str(folder), "--url", dead])
     assert result.exit_code == 1 and "cannot reach" in result.output
@@ -272,7 +276,10 @@ def test_predict_writes_json_lines_and_explains_a_dead_url(folder: Path, store: 
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     row = pd.read_json(out, lines=True).iloc[0]
-    assert row["path"].endswith("img0.jpg") and row["label"] in ("REAL", "FAKE")
+    expected = in_process(local, [(folder / "img0.jpg").read_bytes()])[0]
+    assert row["path"].endswith("img0.jpg") and not row["error"]
+    assert row["prob_fake"] == pytest.approx(expected, abs=1e-5)
+    assert row["label"] == ("FAKE" if expected >= 0.5 else "REAL")
 
 
 def test_server_that_cannot_start_says_so(store: Path) -> None:
@@ -287,3 +294,44 @@ def test_serve_command_is_mlflow_models_serve() -> None:
     assert command[command.index("-p") + 1] == "5123"
     assert command[command.index("-w") + 1] == "2"
     assert os.path.dirname(command[0]) in serving.serve_env()["PATH"].split(os.pathsep)[0]
+
+
+def test_readme_curl_request_scores_a_file(
+    server: Server, local: mlflow.pyfunc.PyFuncModel, folder: Path
+) -> None:
+    """serve/score.sh sends the README's curl request; its answer is the model's."""
+    image = folder / "img0.jpg"
+    script = Path(__file__).resolve().parents[1] / "serve" / "score.sh"
+    done = subprocess.run(
+        ["bash", str(script), str(image), server.url], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(done.stdout)["predictions"]
+    expected = in_process(local, [image.read_bytes()])[0]
+    assert row["prob_fake"] == pytest.approx(expected, abs=1e-5)
+    assert row["label"] == ("FAKE" if expected >= 0.5 else "REAL") and row["threshold"] == 0.5
+
+
+def test_cifake_serve_runs_mlflow_models_serve_on_the_alias(
+    monkeypatch: pytest.MonkeyPatch, store: Path
+) -> None:
+    """`cifake serve` (and serve/serve.py) replace themselves with the documented command."""
+    calls: list[tuple[str, list[str], dict[str, str]]] = []
+    monkeypatch.setattr(os, "execvpe", lambda f, args, env: calls.append((f, args, env)))
+    options = ["--model-name", "m", "--alias", "challenger", "--port", "5123", "--workers", "2"]
+    result = CliRunner().invoke(main, ["serve", *options])
+    assert result.exit_code == 0, result.output
+    ((_, args, env),) = calls
+    assert args == serving.serve_command("models:/m@challenger", "127.0.0.1", 5123, 2)
+    assert env["MLFLOW_TRACKING_URI"] == os.environ["MLFLOW_TRACKING_URI"]  # the store in use
+    result = CliRunner().invoke(main, ["serve", "--model-uri", "runs:/abc/model"])
+    assert calls[-1][1][calls[-1][1].index("-m", 5) + 1] == "runs:/abc/model"
+
+
+def test_logged_signature_describes_input_outputs_and_threshold(store: Path) -> None:
+    info = mlflow.models.get_model_info(serving.model_uri(MODEL))
+    assert info.signature.inputs.input_names() == ["image"]
+    assert info.signature.outputs.input_names() == ["prob_fake", "label", "threshold"]
+    (param,) = info.signature.params.params
+    assert (param.name, param.dtype.name) == ("threshold", "double")
+    assert 0.0 <= param.default <= 1.0
