@@ -11,11 +11,14 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from dataclasses import dataclass
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
+
+from cifake_mlflow.robustness import DEFAULT_SUITE
 
 #: The reference design's published test report (accuracy and per-class precision/recall).
 REFERENCE = {
@@ -27,16 +30,23 @@ REFERENCE = {
 }
 
 #: (row label, metric key) in display order; train_minutes is derived from train_seconds.
+#: Robustness rows (``robust_<name>_accuracy``) are added after ``ROBUST_AFTER``, one per
+#: transformation that any column has, in the suite's order.
 ROWS = (
     ("test accuracy", "test_accuracy"),
     ("accuracy 95% CI low", "test_accuracy_ci_low"),
     ("accuracy 95% CI high", "test_accuracy_ci_high"),
     ("accuracy, leak-free test", "test_dedup_accuracy"),
     ("test ROC-AUC", "test_roc_auc"),
+    ("ROC-AUC 95% CI low", "test_roc_auc_ci_low"),
+    ("ROC-AUC 95% CI high", "test_roc_auc_ci_high"),
+    ("ROC-AUC, leak-free test", "test_dedup_roc_auc"),
     ("test PR-AUC", "test_pr_auc"),
     ("balanced accuracy", "test_balanced_accuracy"),
     ("log loss", "test_log_loss"),
     ("ECE (15 bins)", "test_ece"),
+    ("ECE before temperature scaling", "test_ece_uncalibrated"),
+    ("FPR (REAL called FAKE)", "test_fpr"),
     ("TPR at 1% FPR", "test_tpr_at_fpr_1pct"),
     ("TPR at 5% FPR", "test_tpr_at_fpr_5pct"),
     ("REAL precision", "test_real_precision"),
@@ -45,14 +55,17 @@ ROWS = (
     ("FAKE precision", "test_fake_precision"),
     ("FAKE recall", "test_fake_recall"),
     ("FAKE F1", "test_fake_f1_score"),
-    ("accuracy after JPEG q50", "robust_jpeg50_accuracy"),
-    ("accuracy after blur sigma 1", "robust_blur1_accuracy"),
-    ("accuracy after noise 0.05", "robust_noise0.05_accuracy"),
-    ("accuracy after down-up 0.5", "robust_downup0.5_accuracy"),
+    # then one "accuracy after <transformation>" row per robustness metric present
+    ("temperature", "temperature"),
+    ("decision threshold", "decision_threshold"),
     ("best val accuracy", "best_val_accuracy"),
     ("epochs run", "epochs_run"),
     ("training minutes", "train_minutes"),
 )
+
+
+ROBUST_AFTER = "test_fake_f1_score"
+ROBUST = re.compile(r"^robust_(?P<name>.+)_accuracy$")
 
 
 @dataclass(frozen=True)
@@ -91,8 +104,9 @@ def run_id_of(ref: str) -> str:
 def column(ref: str) -> Column:
     """Resolve ``ref`` to a column; raises ValueError naming ``ref`` when it cannot.
 
-    A registered version that `cifake evaluate` has evaluated (tag ``evaluation_run_id``) shows
-    its training run's metrics overlaid with the evaluation run's (robustness, leak-free test).
+    A registered version that `cifake evaluate` has evaluated (tag ``evaluation_run_id``), or an
+    evaluation run itself, shows the training run's metrics overlaid with the evaluation run's
+    (robustness, leak-free test), so epochs and training time sit beside the full evaluation.
     """
     if ref == "reference":
         return Column("reference design", dict(REFERENCE))
@@ -101,6 +115,9 @@ def column(ref: str) -> Column:
         version = registered_version(ref)
         evaluation = version.tags.get("evaluation_run_id") if version else None
         extra = mlflow.get_run(evaluation).data.metrics if evaluation else {}
+        trained = run.data.tags.get("evaluated_run_id")
+        if trained and not evaluation:  # an evaluation run: its model's training run beneath
+            extra, run = run.data.metrics, mlflow.get_run(trained)
     except mlflow.exceptions.MlflowException as exc:
         raise ValueError(f"{ref}: not a run or registered model version ({exc.message})") from None
     metrics = {**run.data.metrics, **extra}
@@ -122,10 +139,21 @@ def _cell(value: float | None, key: str) -> str:
     return f"{value:.4f}"
 
 
+def row_keys(columns: list[Column]) -> list[tuple[str, str]]:
+    """:data:`ROWS`, with one robustness row per transformation any column has."""
+    names = {match["name"] for c in columns for key in c.metrics if (match := ROBUST.match(key))}
+    suite = list(DEFAULT_SUITE)
+    ordered = sorted(names, key=lambda n: (suite.index(n) if n in suite else len(suite), n))
+    found = [(f"accuracy after {name}", f"robust_{name}_accuracy") for name in ordered]
+    keys = list(ROWS)
+    at = next(i for i, (_, key) in enumerate(keys) if key == ROBUST_AFTER) + 1
+    return keys[:at] + found + keys[at:]
+
+
 def rows(columns: list[Column]) -> list[list[str]]:
     """Header row, then one row per metric that at least one column has."""
     table = [["metric", *(c.header for c in columns)]]
-    for label, key in ROWS:
+    for label, key in row_keys(columns):
         values = [c.metrics.get(key) for c in columns]
         if any(v is not None for v in values):
             table.append([label, *(_cell(v, key) for v in values)])

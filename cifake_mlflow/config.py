@@ -136,6 +136,15 @@ class TrainConfig:
     robust_augment_rate: float = field(
         default=0.5, **_help("share of training images given one of --robust-augment's changes")
     )
+    val_robustness: str = field(
+        default="none",
+        **_help(
+            "transformations to re-score the validation split under after training, e.g. "
+            "'jpeg50,blur1,noise0.02': their mean accuracy and ROC-AUC are the metrics "
+            "val_robust_accuracy and val_robust_roc_auc that `cifake tune --metric` can "
+            "optimise ('none': off)"
+        ),
+    )
     mixed_precision: Literal["auto", "on", "off"] = field(
         default="auto",
         **_help("float16 compute, float32 weights ('auto': on when a GPU is present)"),
@@ -178,7 +187,8 @@ class TrainConfig:
         if self.target_fpr is not None:
             _in_range(self, "target_fpr", 0.0, 1.0, high_open=True)
         _in_range(self, "robust_augment_rate", 0.0, 1.0)
-        _check_robust_augment(self.robust_augment)
+        _check_transforms("robust_augment", self.robust_augment)
+        _check_transforms("val_robustness", self.val_robustness)
         if self.bn_momentum is not None:
             _in_range(self, "bn_momentum", 0.0, 1.0, low_open=True, high_open=True)
         if self.unfrozen_layers is not None and not (
@@ -257,6 +267,7 @@ _NONE_WORDS = {
     "max_test_images": ("all",),
     "target_fpr": ("none", ""),
     "max_images": ("all",),
+    "train_data": ("auto", ""),
     "threshold": ("model",),
 }
 
@@ -356,11 +367,11 @@ def _in_range(
         raise ConfigError(name, value, f"a number in {left}{low:g}, {high:g}{right}")
 
 
-def _check_robust_augment(names: str) -> None:
+def _check_transforms(name: str, names: str) -> None:
     try:
         parse_names(names)
     except ValueError as exc:
-        raise ConfigError("robust_augment", names, str(exc)) from None
+        raise ConfigError(name, names, str(exc)) from None
 
 
 def _check_weights(weights: str) -> None:
@@ -378,6 +389,14 @@ def _check_weights(weights: str) -> None:
 
 # -- tuning ------------------------------------------------------------------------------------
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
+#: What a study can optimise; the robust ones exist only for runs with ``val_robustness``.
+TUNE_METRICS = (
+    "val_loss",
+    "val_accuracy",
+    "val_roc_auc",
+    "val_robust_accuracy",
+    "val_robust_roc_auc",
+)
 
 
 @dataclass(frozen=True)
@@ -397,7 +416,10 @@ class TuneConfig:
     )
     metric: str = field(
         default="val_roc_auc",
-        **_help("validation metric of the best epoch to optimise (val_loss is minimised)"),
+        **_help(
+            "validation metric of the best epoch to optimise (val_loss is minimised); "
+            "val_robust_accuracy/val_robust_roc_auc need --val-robustness"
+        ),
     )
     pruner: Literal["median", "halving", "none"] = field(
         default="median", **_help("stop unpromising trials after each epoch")
@@ -416,8 +438,8 @@ class TuneConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         _positive(self, "n_trials", "heartbeat_interval")
-        if self.metric not in ("val_loss", "val_accuracy", "val_roc_auc"):
-            raise ConfigError("metric", self.metric, "one of val_loss, val_accuracy, val_roc_auc")
+        if self.metric not in TUNE_METRICS:
+            raise ConfigError("metric", self.metric, f"one of {', '.join(TUNE_METRICS)}")
         scheme = self.storage.split(":", 1)[0].split("+", 1)[0]
         if "://" not in self.storage or scheme not in STORAGE_SCHEMES:
             raise ConfigError(
@@ -455,6 +477,13 @@ class EvalConfig:
     )
     split: Literal["test", "train"] = field(
         default="test", **_help("which split of --data to score (never tune on test)")
+    )
+    train_data: str | None = field(
+        default=None,
+        **_help(
+            "training images the leak-free twin (test_dedup_*) leaves copies of out, when "
+            "--data holds no train split, e.g. cifake-train.tar.gz ('auto': --data's own)"
+        ),
     )
     max_images: int | None = field(
         default=None, **_help("seeded random subset of the split, for quick checks ('all')")

@@ -44,10 +44,23 @@ class EvalSummary:
     robustness: dict[str, dict[str, float]] | None
 
 
-def select_rows(ds: Dataset, cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray | None]:
-    """Rows of the evaluated split, and a mask of those that are not copies of train images.
+def train_hashes(ds: Dataset, cfg: EvalConfig, progress: bool = True) -> np.ndarray | None:
+    """Content hashes of the training images (``--train-data``'s, else ``--data``'s own).
 
-    The mask is None when the data holds no train split to compare with.
+    None when there is no train split to compare with.
+    """
+    if cfg.train_data is not None:
+        ds = load_dataset(cfg.train_data, cfg.cache_dir, cfg.on_bad_file, progress, ("train",))
+    train = ds.indices("train")
+    return ds.hashes[train] if len(train) else None
+
+
+def select_rows(
+    ds: Dataset, cfg: EvalConfig, seen: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rows of the evaluated split, and a mask of those that are not copies of ``seen`` images.
+
+    The mask is None when there are no training images (``seen``) to compare with.
     """
     rows = ds.indices(cfg.split)
     if len(rows) == 0:
@@ -58,11 +71,10 @@ def select_rows(ds: Dataset, cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray | 
     if cfg.max_images is not None and cfg.max_images < len(rows):
         rng = np.random.default_rng(cfg.seed)
         rows = np.sort(rng.choice(rows, cfg.max_images, replace=False))
-    train = ds.indices("train")
-    if cfg.split == "train" or len(train) == 0:
+    if cfg.split == "train" or seen is None:
         return rows, None
-    seen = set(ds.hashes[train].tolist())
-    return rows, np.array([h not in seen for h in ds.hashes[rows].tolist()], dtype=bool)
+    known = set(seen.tolist())
+    return rows, np.array([h not in known for h in ds.hashes[rows].tolist()], dtype=bool)
 
 
 def score_all(detector: tracking.LoadedDetector, images: np.ndarray, what: str) -> np.ndarray:
@@ -78,7 +90,7 @@ def evaluate_model(cfg: EvalConfig, progress: bool = True) -> EvalSummary:
     """Run the whole evaluation in one MLflow run; returns its id and reports."""
     detector = tracking.load_detector(cfg.model_uri)
     ds = load_dataset(cfg.data, cfg.cache_dir, cfg.on_bad_file, progress, (cfg.split,))
-    rows, fresh = select_rows(ds, cfg)
+    rows, fresh = select_rows(ds, cfg, train_hashes(ds, cfg, progress))
     images, labels = ds.images[rows], ds.labels[rows]
     threshold = cfg.threshold if cfg.threshold is not None else detector.served.threshold
     temperature = detector.served.temperature
@@ -121,7 +133,7 @@ def _log_setup(
             **({"evaluated_run_id": detector.run_id} if detector.run_id else {}),
             "dedup": "test images equal to a train image left out"
             if fresh is not None
-            else "unavailable: the data has no train split to compare with",
+            else "unavailable: no train split to compare with (give --train-data)",
         }
     )
     tracking.log_params_once(
@@ -129,6 +141,7 @@ def _log_setup(
             "model_uri": cfg.model_uri,
             "data": cfg.data,
             "split": cfg.split,
+            "train_data": cfg.train_data or "auto",
             "images": str(count),
             "dedup_images": str(int(fresh.sum())) if fresh is not None else "n/a",
             "threshold": f"{threshold:g}",

@@ -163,6 +163,15 @@ def check_space(base: TrainConfig, space: list[ParamRange]) -> None:
         )
 
 
+def check_metric(base: TrainConfig, tune: TuneConfig) -> None:
+    """Refuse a robust metric that the trials would never log."""
+    if tune.metric.startswith("val_robust_") and base.val_robustness == "none":
+        raise TuningError(
+            f"--metric {tune.metric} is measured only with --val-robustness (the changes to "
+            "score validation under, e.g. --val-robustness jpeg50,blur1,noise0.02)"
+        )
+
+
 def _check_stored(study: optuna.Study, key: str, value: str, what: str) -> None:
     stored = study.user_attrs.get(key)
     if stored is None:
@@ -228,7 +237,10 @@ def remaining(study: optuna.Study, n_trials: int) -> int:
 
 # -- objective -------------------------------------------------------------------------------
 class PruneOnMetric(keras.callbacks.Callback):
-    """Reports the validation metric to the trial after each epoch; raises TrialPruned."""
+    """Reports the validation metric to the trial after each epoch; raises TrialPruned.
+
+    A metric measured only after training (``val_robust_*``) is never reported: no pruning.
+    """
 
     def __init__(self, trial: optuna.Trial, metric: str) -> None:
         super().__init__()
@@ -318,6 +330,7 @@ def run_study(
     """Run (or resume) the study until it holds ``n_trials`` finished trials; register."""
     space = load_search_space(tune.search_space)
     check_space(base, space)
+    check_metric(base, tune)
     tracking.use_experiment(base.experiment)  # stale-trial cleanup below writes to MLflow
     study = open_study(tune, space, pruner, base)
     data = prepare_data(base)

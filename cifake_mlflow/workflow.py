@@ -19,12 +19,13 @@ import numpy as np
 import tensorflow as tf
 
 from cifake_mlflow import accelerate, tracking
-from cifake_mlflow.calibration import Calibration, calibrate
+from cifake_mlflow.calibration import Calibration, apply_temperature, calibrate
 from cifake_mlflow.config import TrainConfig
 from cifake_mlflow.data import Dataset, Splits, load_dataset, make_splits
-from cifake_mlflow.evaluate import Evaluation, evaluate, predict_scores
+from cifake_mlflow.evaluate import Evaluation, evaluate, predict_scores, robustness_report
 from cifake_mlflow.model import build_model, warm_start
 from cifake_mlflow.pipeline import augmenter, make_dataset, robust_augmenter
+from cifake_mlflow.robustness import parse_names
 from cifake_mlflow.train import TrainResult, fit
 
 
@@ -94,6 +95,32 @@ def calibrate_on_validation(
         flush=True,
     )
     return cal
+
+
+def robust_val_metrics(
+    cfg: TrainConfig, model: keras.Model, ds: Dataset, splits: Splits, cal: Calibration
+) -> dict[str, float]:
+    """``--val-robustness``: the validation split re-scored after each named transformation.
+
+    Logs ``val_robust_<name>_{accuracy,roc_auc,fpr}`` and the means over the transformations,
+    ``best_val_robust_accuracy`` and ``best_val_robust_roc_auc`` (the kept epoch's weights, as
+    every ``best_val_*``), which a study optimises to tune for robustness. The suite is fixed
+    by the config, so trials that search ``robust_augment`` are scored on the same changes.
+    """
+    names = parse_names(cfg.val_robustness)
+    if not names:
+        return {}
+
+    def score(images: np.ndarray) -> np.ndarray:
+        return apply_temperature(predict_scores(model, images), cal.temperature)
+
+    images, labels = ds.images[splits.val], ds.labels[splits.val]
+    report = robustness_report(score, images, labels, cal.threshold, names, cfg.seed)
+    out = {f"val_robust_{n}_{m}": v for n in names for m, v in report[n].items()}
+    for metric in ("accuracy", "roc_auc"):
+        out[f"best_val_robust_{metric}"] = float(np.mean([report[n][metric] for n in names]))
+    mlflow.log_metrics(out)
+    return out
 
 
 @contextmanager
@@ -208,6 +235,7 @@ def _train_in_run(
     val_metrics = best_val_metrics(result.history, result.best_epoch)
     mlflow.log_metrics(val_metrics)
     cal = calibrate_on_validation(cfg, model, ds, splits)
+    val_metrics |= robust_val_metrics(cfg, model, ds, splits, cal)
     print(f"evaluating on {len(splits.test):,} test images ...", flush=True)
     test = evaluate(
         model, ds.images[splits.test], ds.labels[splits.test], cal.threshold, cal.temperature

@@ -45,11 +45,29 @@ def test_runs_versions_and_reference_side_by_side(tracking: str) -> None:
 
     # Once `cifake evaluate` has tagged the version, its evaluation metrics join the column.
     with mlflow.start_run(run_name="evaluation") as evaluation:
-        mlflow.log_metrics({"robust_jpeg50_accuracy": 0.8811, "test_accuracy": 0.9612})
+        mlflow.set_tag("evaluated_run_id", second)
+        mlflow.log_metrics(
+            {
+                "robust_noise0.05_accuracy": 0.7001,
+                "robust_jpeg50_accuracy": 0.8811,
+                "robust_jpeg50_fpr": 0.1,
+                "test_accuracy": 0.9612,
+                "test_roc_auc_ci_low": 0.9811,
+            }
+        )
     client.set_model_version_tag("det", "1", "evaluation_run_id", evaluation.info.run_id)
     table = CliRunner().invoke(main, ["compare", "models:/det@champion", "--no-reference"])
-    assert "| accuracy after JPEG q50 | 0.8811 |" in table.output.splitlines()
-    assert "| epochs run | 7 |" in table.output.splitlines()  # the training run's, kept
+    lines = table.output.splitlines()
+    robust = [line for line in lines if line.startswith("| accuracy after")]
+    # one row per transformation, in the suite's order (jpeg before noise), fpr not a row
+    assert robust == ["| accuracy after jpeg50 | 0.8811 |", "| accuracy after noise0.05 | 0.7001 |"]
+    assert lines.index("| REAL precision | 0.9500 |") < lines.index(robust[0])
+    assert lines.index(robust[1]) < lines.index("| epochs run | 7 |")
+    assert "| ROC-AUC 95% CI low | 0.9811 |" in lines
+    assert "| epochs run | 7 |" in lines  # the training run's, kept
+    # The evaluation run's id gives the same column: its metrics over its model's training run.
+    by_run = CliRunner().invoke(main, ["compare", evaluation.info.run_id, "--no-reference"])
+    assert by_run.output.splitlines()[1:] == lines[1:]
 
     as_csv = CliRunner().invoke(
         main, ["compare", f"runs:/{first}/model", "--no-reference", "--format", "csv"]

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import module_store, write_cifake
 from mlflow.tracking import MlflowClient
 
-from cifake_mlflow import calibration, explain, registry, robustness, tracking
+from cifake_mlflow import calibration, compare, explain, registry, robustness, tracking
 from cifake_mlflow.calibration import Calibration
 from cifake_mlflow.cli import main
 from cifake_mlflow.config import TrainConfig
@@ -121,6 +121,12 @@ def test_evaluate_logs_everything_in_one_run(store: dict) -> None:
     version = MlflowClient().get_model_version_by_alias(MODEL, "champion")
     assert version.tags["evaluation_run_id"] == run_id
     assert run.data.tags["evaluated_run_id"] == store["summary"].run_id
+    # Every row `cifake compare` knows is filled from what training and evaluation logged.
+    table = CliRunner().invoke(main, ["compare", run_id, "--no-reference"]).output.splitlines()
+    labels = [line.split(" | ")[0].removeprefix("| ") for line in table[2:]]
+    assert set(labels) == {label for label, _ in compare.ROWS} | {
+        f"accuracy after {name}" for name in robustness.DEFAULT_SUITE
+    }
 
 
 def test_evaluate_explains_a_bad_split_and_skips_robustness(store: dict) -> None:
@@ -135,6 +141,11 @@ def test_evaluate_explains_a_bad_split_and_skips_robustness(store: dict) -> None
     run = mlflow.get_run(result.output.strip().splitlines()[-1].split()[-1])
     assert not any(k.startswith("robust_") for k in run.data.metrics)
     assert "unavailable" in run.data.tags["dedup"]
+    # --train-data names where the training images are: the leak is found again.
+    result = CliRunner().invoke(main, [*fast, "--train-data", str(store["data"])])
+    assert result.exit_code == 0, result.output
+    params = mlflow.get_run(result.output.strip().splitlines()[-1].split()[-1]).data.params
+    assert (params["images"], params["dedup_images"]) == ("25", "24")
     bad = CliRunner().invoke(main, [*args, "--transforms", "jpeg500"])
     assert bad.exit_code != 0 and "invalid transforms='jpeg500'" in bad.output
 

@@ -465,3 +465,31 @@ def test_parallel_workers_can_log_the_same_dataset(postgres_url: str) -> None:
         for run_id in runs:
             inputs = client.get_run(run_id).inputs.dataset_inputs
             assert [d.dataset.digest for d in inputs] == [f"d{round_}"]
+
+
+def test_a_study_can_tune_for_robustness(
+    tracking: str, cache_dir: Path, tiny_cifake: Path, tmp_path: Path
+) -> None:
+    """--metric val_robust_roc_auc: trials search robust_augment, scored on one fixed suite."""
+    tune = TuneConfig(
+        study_name="robust",
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        n_trials=2,
+        search_space=str(ROOT / "tuning" / "search_space_robust.yaml"),
+        metric="val_robust_roc_auc",
+        register=False,
+    )
+    with pytest.raises(TuningError, match="val_robust_roc_auc is measured only with"):
+        run_study(base_config(tiny_cifake, epochs=1), tune, verbose=0)
+    base = base_config(tiny_cifake, epochs=1, val_robustness="jpeg50,noise0.05")
+    result = run_study(base, tune, pruner=optuna.pruners.NopPruner(), verbose=0)
+    assert [t.state for t in result.study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    for trial in result.study.trials:
+        metrics = mlflow.get_run(trial.user_attrs[RUN_ID_ATTR]).data.metrics
+        per_change = [metrics[f"val_robust_{n}_roc_auc"] for n in ("jpeg50", "noise0.05")]
+        assert trial.value == pytest.approx(sum(per_change) / 2)
+        assert metrics["best_val_robust_roc_auc"] == pytest.approx(trial.value)
+        assert 0.0 <= metrics["val_robust_noise0.05_fpr"] <= 1.0
+    assert {t.params["robust_augment"] for t in result.study.trials} <= {
+        "none", "jpeg50,blur1", "jpeg50,blur1,noise0.02,downup0.5"
+    }  # fmt: skip
