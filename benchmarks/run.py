@@ -2,8 +2,9 @@
 
     python benchmarks/run.py [--data PATH] [--only NAME ...] [--quick]
 
-Names: training (input pipeline + training step), startup, tuning, memory, serving. Results are
-merged into benchmarks/results.json as {name: {ours, baseline, ratio, unit}}. ``--quick``
+Names: training (input pipeline + training step), startup, tuning, memory, gpu, serving.
+Results are merged into benchmarks/results.json as {name: {ours, baseline, ratio, unit}}.
+``gpu`` measures only where Keras' backend sees a GPU (see benchmarks/gpu.py). ``--quick``
 shrinks every benchmark (fewer images, steps, trials and repeats) to finish in a few minutes on
 2 cores. ``serving`` needs a registered model (``--model-uri``, default the champion in the
 tracking store of the working folder); it is skipped with a note when there is none.
@@ -19,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common
+import gpu
 import memory
 import pruning
 import serving
@@ -30,6 +32,7 @@ BENCHMARKS = {
     "startup": startup.run,
     "tuning": pruning.run,
     "memory": memory.run,
+    "gpu": lambda data, quick: gpu.run(quick),  # skipped, with a note, where no GPU is seen
 }
 TARGETS = {  # name: (ratio must be, bound), as the project's targets state them
     "input_pipeline": (">=", 20.0),

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-import tensorflow as tf
 
 # Keras' own cache root (honours $KERAS_HOME); private, so that our check and Keras' download
 # look at the very same folder.
@@ -146,6 +145,8 @@ def export_saved_model(model: keras.Model, path: str | Path) -> Path:
     preprocessing layer's ``training=True`` default reach BatchNorm (NOTES, export trap), making
     outputs wrong and dependent on the batch size.
     """
+    import tensorflow as tf  # here, so that building a model works on any Keras backend
+
     path = Path(path)
     archive = keras.export.ExportArchive()
     archive.track(model)
