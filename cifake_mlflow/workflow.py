@@ -74,6 +74,7 @@ def best_val_metrics(history: Mapping[str, list[float]], best_epoch: int) -> dic
 
 
 _interrupted = threading.Event()
+_depth = [0]  # how many signals_as_interrupt blocks are open in the main thread
 
 
 def calibrate_on_validation(
@@ -128,7 +129,10 @@ def signals_as_interrupt() -> Iterator[None]:
     """Treat SIGTERM and SIGINT (kill, Ctrl-C) as an interruption, so runs end KILLED.
 
     The flag matters because TensorFlow may surface an interrupt raised inside a traced
-    function as one of its own errors rather than as ``KeyboardInterrupt``.
+    function as one of its own errors rather than as ``KeyboardInterrupt``, and because Python
+    drops an exception raised while a destructor runs (a signal that lands during garbage
+    collection): a block that ends normally with the flag set raises the interrupt then, so
+    the work stops at the latest when the trial or run it hit is over.
     """
 
     def handler(signum: int, frame: object) -> None:
@@ -141,11 +145,17 @@ def signals_as_interrupt() -> Iterator[None]:
     except ValueError:  # not the main thread
         yield
         return
+    if _depth[0] == 0:
+        _interrupted.clear()  # a new outermost block: an old interruption is not this one's
+    _depth[0] += 1
     try:
         yield
     finally:
+        _depth[0] -= 1
         for sig, old in previous.items():
             signal.signal(sig, old)
+    if _interrupted.is_set():
+        raise KeyboardInterrupt("interrupted by a signal during cleanup")
 
 
 def interrupted(exc: BaseException) -> bool:

@@ -493,3 +493,18 @@ def test_a_study_can_tune_for_robustness(
     assert {t.params["robust_augment"] for t in result.study.trials} <= {
         "none", "jpeg50,blur1", "jpeg50,blur1,noise0.02,downup0.5"
     }  # fmt: skip
+
+
+def test_an_interrupt_swallowed_inside_the_block_still_stops_the_work() -> None:
+    """Python drops an exception raised in a destructor: a Ctrl-C that lands during garbage
+    collection must still end the run (as KILLED) when its block is over, not be lost."""
+    from cifake_mlflow.workflow import signals_as_interrupt
+
+    with pytest.raises(KeyboardInterrupt), signals_as_interrupt():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises here
+        except KeyboardInterrupt:
+            pass  # what Python does to it inside a __del__
+    with signals_as_interrupt():  # a new block starts clean
+        pass
