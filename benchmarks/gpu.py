@@ -5,7 +5,7 @@
 
 Builds our detector with ``cifake_mlflow.model.build_model`` (MobileNetV2 + the reference head,
 32x32 input resized inside the model) and times training steps on in-memory batches (the
-ceiling any input pipeline can reach), for two configurations:
+ceiling any input pipeline can reach), for these configurations:
 
 - ``gpu_reference_config``: the reference design, 160 px, last 30 base layers trainable,
   batch 64, Adam, binary cross-entropy;
@@ -17,7 +17,8 @@ Each is measured with float16 mixed precision (ours: what ``mixed_precision=auto
 when a GPU is present) against plain float32 (baseline), in the same process. On the JAX
 backend every step is XLA-compiled; on TensorFlow the steps are compiled with ``jit_compile``
 as ``auto`` would. The script needs no TensorFlow on the JAX backend, which is how it runs on a
-machine where only a GPU build of JAX is installed.
+machine where only a GPU build of JAX is installed; for that reason it compiles the model here
+rather than through ``cifake_mlflow.train.compile_model``, whose module imports TensorFlow.
 """
 
 from __future__ import annotations
