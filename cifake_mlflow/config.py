@@ -100,6 +100,14 @@ class TrainConfig:
     zoom: float = field(default=0.2, **_help("random zoom factor, in [0, 1)"))
     rotation: float = field(default=15.0, **_help("random rotation in degrees, in [0, 180]"))
     flip: bool = field(default=True, **_help("random horizontal flip"))
+    tta: Literal["none", "flip"] = field(
+        default="none",
+        **_help(
+            "test-time augmentation: 'flip' averages prob_fake over each image and its mirror "
+            "image wherever the model predicts (validation, evaluation, serving); doubles "
+            "inference cost"
+        ),
+    )
     patience: int = field(default=3, **_help("early stopping: epochs without val_loss improvement"))
     on_bad_file: Literal["error", "skip"] = field(
         default="error", **_help("stop on unreadable images with a report, or skip them")

@@ -19,7 +19,7 @@ import tensorflow as tf
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from cifake_mlflow.model import BASE_NAME
+from cifake_mlflow.model import BASE_NAME, TestTimeAugmentation
 
 #: Smallest side (in cells) of the feature map Grad-CAM reads.
 MIN_SIDE = 4
@@ -49,6 +49,8 @@ def grad_cam(model: keras.Model, images: np.ndarray) -> np.ndarray:
     with tf.GradientTape() as tape:
         h = x
         for step in model.layers[1:]:
+            if isinstance(step, TestTimeAugmentation):
+                continue  # explain the image as given, not its mirror-image twin
             if step is base:
                 features, h = inner(h, training=False)
             else:

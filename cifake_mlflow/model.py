@@ -7,6 +7,7 @@ The model takes 32x32 float images in [0, 255] (what the cache holds) and resize
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import keras
 
@@ -99,10 +100,48 @@ def set_batchnorm_momentum(base: keras.Model, momentum: float) -> None:
             layer.momentum = momentum
 
 
+class TestTimeAugmentation(keras.layers.Layer):
+    """A layer that acts only at inference and is an identity while training.
+
+    Built into the model rather than into the evaluation code, so that validation during
+    ``fit``, test evaluation, the SavedModel and the served model all predict the same way.
+    """
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (None, *input_shape[1:])
+
+
+@keras.saving.register_keras_serializable(package="cifake")
+class FlipViews(TestTimeAugmentation):
+    """At inference, appends each image's mirror image to the batch (N -> 2N images)."""
+
+    def call(self, images: Any, training: bool | None = None) -> Any:
+        if training:
+            return images
+        return keras.ops.concatenate([images, keras.ops.flip(images, axis=2)], axis=0)
+
+
+@keras.saving.register_keras_serializable(package="cifake")
+class MeanOfViews(TestTimeAugmentation):
+    """At inference, averages the scores of each image and its mirror image (2N -> N)."""
+
+    def call(self, scores: Any, training: bool | None = None) -> Any:
+        if training:
+            return scores
+        half = keras.ops.shape(scores)[0] // 2
+        return (scores[:half] + scores[half:]) / 2
+
+
 def build_model(cfg: TrainConfig) -> keras.Model:
-    """Input (32x32 RGB, [0, 255]) -> resize -> scale to [-1, 1] -> base -> reference head."""
+    """Input (32x32 RGB, [0, 255]) -> resize -> scale to [-1, 1] -> base -> reference head.
+
+    With ``tta='flip'`` the model scores each image and its mirror image at inference and
+    returns their mean: flips are part of training augmentation, so both views are in-domain.
+    """
     inputs = keras.Input((NATIVE_SIZE, NATIVE_SIZE, 3), name="image")
     x = inputs
+    if cfg.tta == "flip":
+        x = FlipViews(name="tta_flip")(x)
     if cfg.image_size != NATIVE_SIZE:
         x = keras.layers.Resizing(cfg.image_size, cfg.image_size, name="resize")(x)
     x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="scale")(x)
@@ -111,6 +150,8 @@ def build_model(cfg: TrainConfig) -> keras.Model:
     x = keras.layers.Dense(cfg.dense_units, activation="relu", name="dense")(x)
     x = keras.layers.Dropout(cfg.dropout, name="dropout")(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", name="prob_fake", dtype="float32")(x)
+    if cfg.tta == "flip":
+        outputs = MeanOfViews(name="tta_mean", dtype="float32")(outputs)
     return keras.Model(inputs, outputs, name="cifake_mobilenetv2")
 
 

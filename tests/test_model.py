@@ -183,3 +183,35 @@ def test_warm_start_copies_weights_across_input_sizes() -> None:
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
     # Another head width does not fit and is left as initialised.
     assert target.get_layer("dense").get_weights()[0].shape == (1280, 64)
+
+
+def test_flip_tta_averages_each_image_and_its_mirror_everywhere(tmp_path: Path) -> None:
+    """predict, the .keras file and the SavedModel all return mean(p(x), p(flip(x)))."""
+    keras.utils.set_random_seed(6)
+    plain = build_model(small(image_size=48))
+    tta = build_model(small(image_size=48, tta="flip"))
+    assert [layer.name for layer in tta.layers if layer.weights] == [
+        layer.name for layer in plain.layers if layer.weights
+    ]
+    rng = np.random.default_rng(1)
+    calibration = tf.data.Dataset.from_tensor_slices(
+        (rng.integers(0, 256, (256, 32, 32, 3)).astype("float32"), np.zeros(256))
+    ).batch(64)
+    BatchNormCalibrator(plain)(calibration)
+    tta.set_weights(plain.get_weights())
+    images = rng.integers(0, 256, (24, 32, 32, 3)).astype(np.uint8)
+    x = images.astype("float32")
+    one = plain.predict(x, verbose=0).ravel()
+    mirror = plain.predict(x[:, :, ::-1], verbose=0).ravel()
+    expected = (one + mirror) / 2
+    assert np.abs(one - mirror).max() > 1e-4  # the mirror view really differs
+    np.testing.assert_allclose(tta.predict(x, verbose=0).ravel(), expected, atol=1e-5)
+    tta.save(tmp_path / "tta.keras")
+    reloaded = keras.models.load_model(tmp_path / "tta.keras")
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0).ravel(), expected, atol=1e-5)
+    saved = tf.saved_model.load(str(export_saved_model(tta, tmp_path / "sm")))
+    np.testing.assert_allclose(saved.serve(tf.constant(images)).numpy().ravel(), expected, atol=1e-5)
+    single = saved.serve(tf.constant(images[:1])).numpy().ravel()
+    np.testing.assert_allclose(single, expected[:1], atol=1e-5)
+    # While training no views are added: one output per image (last: it moves BN statistics).
+    assert tuple(tta(x, training=True).shape) == (24, 1)
