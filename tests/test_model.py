@@ -210,7 +210,9 @@ def test_flip_tta_averages_each_image_and_its_mirror_everywhere(tmp_path: Path) 
     reloaded = keras.models.load_model(tmp_path / "tta.keras")
     np.testing.assert_allclose(reloaded.predict(x, verbose=0).ravel(), expected, atol=1e-5)
     saved = tf.saved_model.load(str(export_saved_model(tta, tmp_path / "sm")))
-    np.testing.assert_allclose(saved.serve(tf.constant(images)).numpy().ravel(), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        saved.serve(tf.constant(images)).numpy().ravel(), expected, atol=1e-5
+    )
     single = saved.serve(tf.constant(images[:1])).numpy().ravel()
     np.testing.assert_allclose(single, expected[:1], atol=1e-5)
     # While training no views are added: one output per image (last: it moves BN statistics).
