@@ -18,6 +18,7 @@ from cifake_mlflow import calibration, compare, explain, registry, robustness, t
 from cifake_mlflow.calibration import Calibration
 from cifake_mlflow.cli import main
 from cifake_mlflow.config import TrainConfig
+from cifake_mlflow.model import build_model
 from cifake_mlflow.payload import frame
 from cifake_mlflow.workflow import prepare_data, train_and_log
 
@@ -158,6 +159,17 @@ def test_grad_cam_of_a_trained_model_is_an_input_sized_map(store: dict) -> None:
     assert maps.min() >= 0 and maps.max() <= 1
     varied = np.ptp(maps.reshape(12, -1), axis=1) > 0
     assert varied.mean() >= 0.75, "Grad-CAM maps should not be constant"
+
+
+def test_grad_cam_of_a_flip_tta_model_explains_the_image_as_given(store: dict) -> None:
+    """The mirror view is skipped: same maps as the plain model with the same weights."""
+    network = keras.models.load_model(tracking.keras_model_path(store["summary"].model_uri))
+    tta = build_model(store["cfg"].replace(tta="flip"))
+    tta.set_weights(network.get_weights())
+    images = store["ds"].images[:6]
+    maps = explain.grad_cam(tta, images)
+    assert maps.shape == (6, 32, 32)
+    np.testing.assert_allclose(maps, explain.grad_cam(network, images), atol=1e-5)
 
 
 def test_explain_writes_an_overlay_per_image(store: dict) -> None:
