@@ -105,7 +105,14 @@ class TestTimeAugmentation(keras.layers.Layer):
 
     Built into the model rather than into the evaluation code, so that validation during
     ``fit``, test evaluation, the SavedModel and the served model all predict the same way.
+    Subclasses say what happens at inference in :meth:`at_inference`.
     """
+
+    def call(self, x: Any, training: bool | None = None) -> Any:
+        return x if training else self.at_inference(x)
+
+    def at_inference(self, x: Any) -> Any:
+        raise NotImplementedError
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (None, *input_shape[1:])
@@ -115,9 +122,7 @@ class TestTimeAugmentation(keras.layers.Layer):
 class FlipViews(TestTimeAugmentation):
     """At inference, appends each image's mirror image to the batch (N -> 2N images)."""
 
-    def call(self, images: Any, training: bool | None = None) -> Any:
-        if training:
-            return images
+    def at_inference(self, images: Any) -> Any:
         return keras.ops.concatenate([images, keras.ops.flip(images, axis=2)], axis=0)
 
 
@@ -125,9 +130,7 @@ class FlipViews(TestTimeAugmentation):
 class MeanOfViews(TestTimeAugmentation):
     """At inference, averages the scores of each image and its mirror image (2N -> N)."""
 
-    def call(self, scores: Any, training: bool | None = None) -> Any:
-        if training:
-            return scores
+    def at_inference(self, scores: Any) -> Any:
         half = keras.ops.shape(scores)[0] // 2
         return (scores[:half] + scores[half:]) / 2
 
