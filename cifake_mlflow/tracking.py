@@ -186,6 +186,30 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         mlflow.log_metrics(finite, step=epoch + 1)
 
 
+class StartupLogger(keras.callbacks.Callback):
+    """Logs ``startup_seconds`` the moment the first training step ends, and says so.
+
+    Start-up is process start (``cifake_mlflow.STARTED``) to the end of the first training
+    step: imports, data, model build and the first traced step. It is logged then, not when
+    the run ends, so that the figure is in the UI while training goes on and survives a run
+    that is stopped early (``benchmarks/startup.py`` stops ``cifake train`` right after it).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: float | None = None
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.seconds is None:
+            self.seconds = time.time() - cifake_mlflow.STARTED
+            mlflow.log_metric("startup_seconds", self.seconds)
+            print(f"{STARTUP_LINE} {self.seconds:.1f} s after start", flush=True)
+
+
+#: The line ``cifake train`` prints when its first training step ends (benchmarks wait for it).
+STARTUP_LINE = "first training step done"
+
+
 def _is_finite(value: object) -> bool:
     try:
         return math.isfinite(float(value))
@@ -273,13 +297,8 @@ def log_data_report(ds: Dataset, splits: Splits) -> None:
     )
 
 
-def log_training(result: TrainResult, startup: bool = True) -> None:
-    """Training curves, the per-epoch history and how training ended.
-
-    ``startup_seconds`` (process start to the end of the first training step: imports, data,
-    model build and the first traced step) is logged when ``startup`` says this run is the
-    first thing its process trains (not for later Optuna trials).
-    """
+def log_training(result: TrainResult) -> None:
+    """Training curves, the per-epoch history and how training ended."""
     mlflow.log_figure(plots.history_figure(result.history), "training/curves.png")
     log_json(result.history, "training/history.json")
     metrics = {
@@ -287,8 +306,6 @@ def log_training(result: TrainResult, startup: bool = True) -> None:
         "best_epoch": result.best_epoch,
         "train_seconds": result.seconds,
     }
-    if startup and result.first_step_at is not None:
-        metrics["startup_seconds"] = result.first_step_at - cifake_mlflow.STARTED
     mlflow.log_metrics(metrics)
     mlflow.set_tag("stopped_early", str(result.stopped_early).lower())
 

@@ -29,7 +29,6 @@ class TrainResult:
     best_epoch: int  # 1-based epoch whose weights the model holds
     stopped_early: bool
     seconds: float
-    first_step_at: float | None = None  # time.time() when the first training step ended
 
 
 class EpochStats(keras.callbacks.Callback):
@@ -37,12 +36,6 @@ class EpochStats(keras.callbacks.Callback):
 
     It must run before loggers so that they see these values too.
     """
-
-    first_step_at: float | None = None
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self.first_step_at is None:
-            self.first_step_at = time.time()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._start = time.perf_counter()
@@ -198,5 +191,4 @@ def fit(
         best_epoch=best,
         stopped_early=stopper.stopped_epoch > 0,
         seconds=seconds,
-        first_step_at=stats.first_step_at,
     )

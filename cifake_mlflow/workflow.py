@@ -230,18 +230,20 @@ def _train_in_run(
         seed=cfg.seed,
     )
     val_data = make_dataset(ds.images[splits.val], ds.labels[splits.val], cfg.batch_size)
+    # Start-up is measured for the first thing a process trains, not for later Optuna trials.
+    startup = [] if nested else [tracking.StartupLogger()]
     result = fit(
         model,
         train_data,
         val_data,
         cfg,
-        callbacks=[tracking.MlflowEpochLogger(), *callbacks],
+        callbacks=[*startup, tracking.MlflowEpochLogger(), *callbacks],
         verbose=verbose,
         calibration_data=calibration_batches(cfg, ds, splits),
         strategy=accel.strategy,
         jit_compile=accel.jit_compile,
     )
-    tracking.log_training(result, startup=not nested)
+    tracking.log_training(result)
     val_metrics = best_val_metrics(result.history, result.best_epoch)
     mlflow.log_metrics(val_metrics)
     cal = calibrate_on_validation(cfg, model, ds, splits)

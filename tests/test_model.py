@@ -17,6 +17,7 @@ from cifake_mlflow import model as model_module
 from cifake_mlflow.config import MOBILENETV2_DEPTH, TrainConfig
 from cifake_mlflow.model import (
     BASE_NAME,
+    FusedBatchNormalization,
     WeightsUnavailableError,
     build_base,
     build_model,
@@ -141,6 +142,67 @@ def test_calibrator_sets_exact_average_of_batch_statistics() -> None:
         bn.moving_variance.numpy(), np.mean([b.var(axis=0) for b in batches], axis=0), rtol=1e-4
     )
     assert bn.momentum == 0.999  # restored afterwards
+
+
+def test_fused_batchnorm_trains_exactly_like_keras() -> None:
+    """Outputs, gradients and moving statistics equal Keras' own layer, step after step."""
+    rng = np.random.default_rng(0)
+    fused = FusedBatchNormalization(momentum=0.9)
+    plain = keras.layers.BatchNormalization(momentum=0.9)
+    for layer in (fused, plain):
+        layer.build((8, 5, 5, 4))
+        layer.gamma.assign(rng.normal(1.0, 0.2, 4).astype("float32"))
+        layer.gamma.assign(fused.gamma)  # the same starting weights for both
+    for _ in range(2):
+        x = tf.constant(rng.normal(2.0, 3.0, (8, 5, 5, 4)).astype("float32"))
+        grads = []
+        for layer in (fused, plain):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=True)
+                loss = tf.reduce_sum(y * tf.sin(y))
+            grads.append((y, *tape.gradient(loss, [x, layer.gamma, layer.beta])))
+        for a, b in zip(*grads, strict=True):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(fused.moving_mean.numpy(), plain.moving_mean.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        fused.moving_variance.numpy(), plain.moving_variance.numpy(), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        fused(x, training=False).numpy(), plain(x, training=False).numpy(), atol=1e-6
+    )
+    flat = FusedBatchNormalization()  # a 2-D input takes Keras' path
+    assert flat(tf.ones((4, 3)), training=True).shape == (4, 3)
+
+
+def test_base_trains_fused_batchnorm_and_reloads(tmp_path: Path) -> None:
+    model = build_model(small())
+    base = model.get_layer(BASE_NAME).layers
+    norms = [layer for layer in base if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 52 and all(type(n) is FusedBatchNormalization for n in norms)
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    assert type(again.get_layer(BASE_NAME).get_layer("bn_Conv1")) is FusedBatchNormalization
+    assert again.get_layer(BASE_NAME).get_layer("bn_Conv1").momentum == 0.99
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(again.predict(images, verbose=0), model.predict(images, verbose=0))
+
+
+def test_calibrator_averages_fused_batchnorm_statistics() -> None:
+    inputs = keras.Input((4, 4, 3))
+    outputs = FusedBatchNormalization(momentum=0.999, name="bn")(inputs)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(1)
+    batches = rng.normal(loc=5.0, scale=2.0, size=(3, 8, 4, 4, 3)).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((batches, np.zeros((3, 8))))
+    assert BatchNormCalibrator(model)(dataset) == 3
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(
+        bn.moving_mean.numpy(), batches.mean(axis=(1, 2, 3)).mean(axis=0), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        bn.moving_variance.numpy(), batches.var(axis=(1, 2, 3)).mean(axis=0), rtol=1e-4
+    )
 
 
 def test_saved_model_matches_predict_at_any_batch_size(tmp_path: Path) -> None:

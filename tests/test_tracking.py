@@ -212,7 +212,10 @@ def test_cli_reports_missing_data_clearly(tracking: str, tmp_path: Path) -> None
 def test_failed_training_marks_the_run_failed(
     tracking: str, cache_dir: Path, cifake_dir: Path
 ) -> None:
-    """A crash mid-run leaves a FAILED run with what was logged so far, not a RUNNING one."""
+    """A crash mid-run leaves a FAILED run with what was logged so far, not a RUNNING one.
+
+    That includes ``startup_seconds``, logged the moment the first step ended.
+    """
     from cifake_mlflow.workflow import train_and_log
 
     class Boom(keras.callbacks.Callback):
@@ -233,6 +236,7 @@ def test_failed_training_marks_the_run_failed(
     assert run.info.status == "FAILED"
     assert "dataset_digest" in run.data.params
     assert MlflowClient().get_metric_history(run.info.run_id, "loss")  # epoch 1 kept
+    assert run.data.metrics["startup_seconds"] > 0.5
 
 
 def test_data_inspect_reports_duplicates(tmp_path: Path, cache_dir: Path) -> None:

@@ -94,6 +94,7 @@ def test_three_trial_study_nests_runs_prunes_and_registers(
         run = by_trial[trial.number]
         assert trial.user_attrs[RUN_ID_ATTR] == run.info.run_id
         assert run.data.params["dropout"] == str(trial.params["dropout"])
+        assert "startup_seconds" not in run.data.metrics  # a process start-up, not a trial's
     assert parent.info.status == "FINISHED"
     best = result.best_trial
     assert parent.data.params["best_dropout"] == str(best.params["dropout"])
