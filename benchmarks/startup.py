@@ -46,7 +46,8 @@ def startup_seconds(data: Path, work: Path, cache: Path, name: str) -> float:
     uri = f"sqlite:///{work / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CIFAKE_CACHE_DIR": str(cache)}
     env |= {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "cifake_mlflow", "train", "--data", str(data), *TRAIN]
+    command = [sys.executable, "-m", "cifake_mlflow", "train", "--data", str(data.resolve())]
+    command += TRAIN  # the child runs in ``work``: the data path must not be relative
     command += ["--max-train-images", "512", "--max-test-images", "128", "--run-name", name]
     child = subprocess.Popen(
         command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

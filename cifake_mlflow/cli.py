@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -55,10 +56,16 @@ def options_for(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]
 
 def _shown(cls: type, f: dataclasses.Field) -> str:
     if cls is TrainConfig:
-        return TrainConfig().to_params()[f.name]
+        return _train_defaults()[f.name]
     if f.default is None:
         return {"threshold": "model", "max_images": "all", "cache_dir": "auto"}.get(f.name, "auto")
     return str(f.default)
+
+
+@functools.cache
+def _train_defaults() -> dict[str, str]:
+    """TrainConfig's defaults as the CLI shows them (built once: every option asks)."""
+    return TrainConfig().to_params()
 
 
 config_options = options_for(TrainConfig)

@@ -9,6 +9,7 @@ built, with a message that names the field, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -280,10 +281,15 @@ _NONE_WORDS = {
 }
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a config class (resolving them is slow; they never change)."""
+    return typing.get_type_hints(cls)
+
+
 def field_type(name: str, cls: type | None = None) -> tuple[type, tuple[str, ...] | None]:
     """The field's base type (int, float, bool, str) and its Literal choices, if any."""
-    hints = typing.get_type_hints(cls or TrainConfig)
-    hint = hints[name]
+    hint = _type_hints(cls or TrainConfig)[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) is Literal:
         return str, tuple(typing.get_args(hint))

@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import (
     average_precision_score,
     balanced_accuracy_score,
     classification_report,
     confusion_matrix,
     log_loss,
-    roc_auc_score,
     roc_curve,
 )
 
@@ -48,11 +48,20 @@ def classification_table(
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC-AUC, or NaN when only one class is present."""
-    labels = np.asarray(labels).ravel()
-    if len(np.unique(labels)) < 2:
+    """ROC-AUC, or NaN when only one class is present.
+
+    Computed as the Mann-Whitney statistic over average ranks (ties count half), which equals
+    scikit-learn's ``roc_auc_score`` and costs one sort: a 1,000-resample bootstrap of 20,000
+    test scores calls it 1,000 times.
+    """
+    labels = np.asarray(labels).ravel() == 1
+    positives = int(labels.sum())
+    negatives = labels.size - positives
+    if positives == 0 or negatives == 0:
         return float("nan")
-    return float(roc_auc_score(labels, np.asarray(scores).ravel()))
+    ranks = rankdata(np.asarray(scores, dtype=np.float64).ravel())
+    u = ranks[labels].sum() - positives * (positives + 1) / 2
+    return float(u / (positives * negatives))
 
 
 def flatten_table(table: dict[str, object], prefix: str = "test_") -> dict[str, float]:

@@ -59,7 +59,9 @@ def calibration_batches(cfg: TrainConfig, ds: Dataset, splits: Splits) -> tf.dat
     if cfg.bn_recalibration_batches == 0:
         return None
     rng = np.random.default_rng(cfg.seed)
-    count = min(len(splits.train), cfg.bn_recalibration_batches * cfg.batch_size)
+    # Whole batches only (when there is one): a smaller last batch would trace again.
+    whole = max(1, len(splits.train) // cfg.batch_size) * cfg.batch_size
+    count = min(len(splits.train), whole, cfg.bn_recalibration_batches * cfg.batch_size)
     rows = rng.choice(splits.train, size=count, replace=False)
     return make_dataset(ds.images[rows], ds.labels[rows], cfg.batch_size)
 
