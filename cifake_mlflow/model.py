@@ -108,7 +108,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     Keras 3 normalises a training batch with separate moment, subtract and scale ops, and
     back-propagates through each. On the TensorFlow backend one fused op
     (``FusedBatchNormV3``, oneDNN on CPU, cuDNN on GPU) does the same arithmetic: MobileNetV2's
-    training step at 64 px ran 1.48x faster with it on the 2-core CPU (187 -> 277 images/s).
+    training step at 64 px ran 1.58x faster with it on the 2-core CPU (170 -> 268 images/s).
     Inference, every other backend and every case the fused op does not cover (masks, renorm,
     a channel axis other than the last of a 4-D input) use Keras' own code, so scores and
     saved models are the same, and training outputs, gradients and moving statistics match
