@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -107,6 +109,29 @@ def extract_train_subset(data: Path, per_class: int, dest: Path) -> Path:
                 if all(counts[k] >= n for k, n in wanted.items() if k[0] == path.parts[0]):
                     break
     return dest
+
+
+def start_train(data: Path, args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    """``cifake train --data DATA ARGS`` as a child process in ``cwd``, output read line by line.
+
+    The data path is made absolute: relative to ``cwd`` (a temporary folder) it would not be
+    found, and the child would exit before measuring anything.
+    """
+    command = [sys.executable, "-m", "cifake_mlflow", "train", "--data", str(data.resolve())]
+    env = {**env, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [*command, *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def train_failed(problem: str, output: list[str]) -> SystemExit:
+    """The error a benchmark raises when its ``cifake train`` child misbehaved, with its output."""
+    return SystemExit(f"cifake train {problem}:\n{''.join(output)[-2000:]}")
 
 
 @contextmanager

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -23,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import DEFAULT_DATA, print_table, result, save
+from common import DEFAULT_DATA, print_table, result, save, start_train, train_failed
 
 TARGET_MB = 2.5 * 1024
 
@@ -47,19 +46,11 @@ def run(data: Path, quick: bool = False, seconds: float | None = None) -> dict[s
     load_dataset(data, cache)  # warm the cache: decoding is not what this measures
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
-        env |= {
-            "CIFAKE_CACHE_DIR": str(cache),
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "PYTHONUNBUFFERED": "1",
-        }
-        command = [sys.executable, "-m", "cifake_mlflow", "train", "--data", str(data.resolve())]
-        command += ["--weights", "none", "--image-size", "160", "--unfrozen-layers", "30"]
-        command += ["--batch-size", "64", "--epochs", "1"]
-        child = subprocess.Popen(
-            command, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        env["CIFAKE_CACHE_DIR"] = str(cache)
+        args = ["--weights", "none", "--image-size", "160", "--unfrozen-layers", "30"]
+        args += ["--batch-size", "64", "--epochs", "1"]
+        child = start_train(data, args, Path(tmp), env)
         started = threading.Event()
-
         output: list[str] = []
 
         def watch() -> None:
@@ -79,9 +70,7 @@ def run(data: Path, quick: bool = False, seconds: float | None = None) -> dict[s
             time.sleep(0.5)
         peak = max(peak, peak_mb(child.pid))
         if child.poll() is not None:
-            raise SystemExit(
-                f"cifake train ended before it was measured:\n{''.join(output)[-2000:]}"
-            )
+            raise train_failed("ended before it was measured", output)
         child.send_signal(signal.SIGINT)
         child.wait(timeout=120)
     return {"peak_rss_training": result(peak, TARGET_MB, "MB (baseline: 2.5 GiB target)")}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +25,9 @@ from common import (
     extract_train_subset,
     result,
     script_main,
+    start_train,
     tracking_store,
+    train_failed,
 )
 
 TRAIN = ["--weights", "none", "--image-size", "160", "--unfrozen-layers", "30", "--epochs", "1"]
@@ -45,14 +46,9 @@ def startup_seconds(data: Path, work: Path, cache: Path, name: str) -> float:
 
     uri = f"sqlite:///{work / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CIFAKE_CACHE_DIR": str(cache)}
-    env |= {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "cifake_mlflow", "train", "--data", str(data.resolve())]
-    command += TRAIN  # the child runs in ``work``: the data path must not be relative
-    command += ["--max-train-images", "512", "--max-test-images", "128", "--run-name", name]
-    child = subprocess.Popen(
-        command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    output = []
+    args = [*TRAIN, "--max-train-images", "512", "--max-test-images", "128", "--run-name", name]
+    child = start_train(data, args, work, env)
+    output: list[str] = []
     for line in child.stdout:
         output.append(line)
         if line.startswith(STARTUP_LINE):
@@ -63,7 +59,7 @@ def startup_seconds(data: Path, work: Path, cache: Path, name: str) -> float:
         filter_string = f"run_name = '{name}'"
         runs = mlflow.search_runs(search_all_experiments=True, filter_string=filter_string)
     if runs.empty or "metrics.startup_seconds" not in runs:
-        raise SystemExit(f"cifake train logged no startup_seconds:\n{''.join(output)[-2000:]}")
+        raise train_failed("logged no startup_seconds", output)
     return float(runs["metrics.startup_seconds"].iloc[0])
 
 

@@ -148,18 +148,15 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         )
 
 
-def fuse_batchnorms(base: keras.Model) -> int:
+def fuse_batchnorms(base: keras.Model) -> None:
     """Make every BatchNormalization layer of ``base`` a :class:`FusedBatchNormalization`.
 
     The subclass adds no weights, state or config, only a faster training path, so switching
-    the class of the layers Keras built keeps every weight and setting. Returns how many.
+    the class of the layers Keras built keeps every weight and setting.
     """
-    count = 0
     for layer in base.layers:
         if type(layer) is keras.layers.BatchNormalization:
             layer.__class__ = FusedBatchNormalization
-            count += 1
-    return count
 
 
 class TestTimeAugmentation(keras.layers.Layer):
