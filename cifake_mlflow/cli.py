@@ -180,6 +180,10 @@ def register(run_id: str, model_name: str, margin: float, data: str | None) -> N
     if data:
         values["data"] = data
     cfg = build_config(values)
+    if "model_uri" not in run.data.tags:
+        raise click.ClickException(
+            f"run {run_id} logged no model (log_model=False): train again with --log-model true"
+        )
     try:
         ds, splits = prepare_data(cfg)
         decision = registry.register_and_gate(

@@ -169,6 +169,14 @@ class TrainConfig:
         default=None,
         **_help("decoded-image cache ('auto': $CIFAKE_CACHE_DIR or ~/.cache/cifake-mlflow)"),
     )
+    log_model: bool = field(
+        default=True,
+        **_help(
+            "log the detector (SavedModel + pyfunc) to the run; 'False' keeps only params, "
+            "metrics and plots, as mlflow.autolog(log_models=False) does, for sweeps that "
+            "compare metrics (such a run cannot be registered, served or warm-started from)"
+        ),
+    )
     experiment: str = field(default="cifake", **_help("MLflow experiment name"))
     run_name: str | None = field(
         default=None, **_help("MLflow run name ('auto': built from the main settings)")

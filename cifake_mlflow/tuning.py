@@ -141,7 +141,7 @@ def make_pruner(cfg: TuneConfig) -> optuna.pruners.BasePruner:
 
 
 #: Settings that may differ between invocations of one study without making trials incomparable.
-FREE_SETTINGS = ("run_name", "cache_dir", "experiment")
+FREE_SETTINGS = ("run_name", "cache_dir", "experiment", "log_model")
 
 
 def fixed_settings(base: TrainConfig, space: list[ParamRange]) -> dict[str, str]:
@@ -169,6 +169,15 @@ def check_metric(base: TrainConfig, tune: TuneConfig) -> None:
         raise TuningError(
             f"--metric {tune.metric} is measured only with --val-robustness (the changes to "
             "score validation under, e.g. --val-robustness jpeg50,blur1,noise0.02)"
+        )
+
+
+def check_registrable(base: TrainConfig, tune: TuneConfig) -> None:
+    """Refuse a study that must register its best trial but would log no trial's model."""
+    if tune.register and not base.log_model:
+        raise TuningError(
+            "log_model=False leaves the trials without a model, so the best one cannot be "
+            "registered: add --register false (metrics only), or keep --log-model true"
         )
 
 
@@ -331,6 +340,7 @@ def run_study(
     space = load_search_space(tune.search_space)
     check_space(base, space)
     check_metric(base, tune)
+    check_registrable(base, tune)
     tracking.use_experiment(base.experiment)  # stale-trial cleanup below writes to MLflow
     study = open_study(tune, space, pruner, base)
     data = prepare_data(base)
@@ -418,6 +428,11 @@ def _register_best(
     """Register the best trial's model; gate it against the champion on the validation split."""
     ds, splits = data
     run = mlflow.get_run(best.user_attrs[RUN_ID_ATTR])
+    if "model_uri" not in run.data.tags:  # a worker of this study ran with log_model=False
+        raise TuningError(
+            f"best trial {best.number} (run {run.info.run_id}) logged no model, so it cannot "
+            "be registered; re-train its params with log_model true and `cifake register` it"
+        )
     tags = {
         "optuna.study": tune.study_name,
         "optuna.trial": str(best.number),

@@ -34,7 +34,7 @@ class RunSummary:
     """What a finished run produced, for callers that chain further work (tuning, registry)."""
 
     run_id: str
-    model_uri: str
+    model_uri: str  # "" when the config says not to log the model
     test: Evaluation
     train: TrainResult
     val_metrics: dict[str, float] = field(default_factory=dict)
@@ -204,7 +204,8 @@ def train_and_log(
         mlflow.end_run(status="KILLED" if killed else "FAILED")
         raise
     mlflow.end_run()
-    print(f"run {summary.run_id} ({tracking.run_name(cfg)}) -> {summary.model_uri}", flush=True)
+    logged = summary.model_uri or "no model logged"
+    print(f"run {summary.run_id} ({tracking.run_name(cfg)}) -> {logged}", flush=True)
     return summary
 
 
@@ -256,8 +257,11 @@ def _train_in_run(
     )
     tracking.log_evaluation(test, ds.images[splits.test])
     print(test.text, flush=True)
+    run_id = mlflow.active_run().info.run_id
+    if not cfg.log_model:
+        print("model not logged (log_model=False)", flush=True)
+        return RunSummary(run_id, "", test, result, val_metrics)
     print("logging the model (TensorFlow SavedModel + pyfunc) ...", flush=True)
     model_uri = tracking.log_detector(model, cfg, cal)
     mlflow.set_tag("model_uri", model_uri)
-    run_id = mlflow.active_run().info.run_id
     return RunSummary(run_id, model_uri, test, result, val_metrics)

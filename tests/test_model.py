@@ -144,6 +144,16 @@ def test_calibrator_sets_exact_average_of_batch_statistics() -> None:
     assert bn.momentum == 0.999  # restored afterwards
 
 
+def training_step(layer: keras.layers.Layer, x: tf.Tensor, *variables: tf.Variable) -> tuple:
+    """The layer's training-mode output and the gradients of a non-linear loss of it with
+    respect to ``x`` and ``variables``."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(y * tf.sin(y))
+    return (y, *tape.gradient(loss, [x, *variables]))
+
+
 def test_fused_batchnorm_trains_exactly_like_keras() -> None:
     """Outputs, gradients and moving statistics equal Keras' own layer, step after step."""
     rng = np.random.default_rng(0)
@@ -155,13 +165,7 @@ def test_fused_batchnorm_trains_exactly_like_keras() -> None:
         layer.gamma.assign(fused.gamma)  # the same starting weights for both
     for _ in range(2):
         x = tf.constant(rng.normal(2.0, 3.0, (8, 5, 5, 4)).astype("float32"))
-        grads = []
-        for layer in (fused, plain):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = layer(x, training=True)
-                loss = tf.reduce_sum(y * tf.sin(y))
-            grads.append((y, *tape.gradient(loss, [x, layer.gamma, layer.beta])))
+        grads = [training_step(layer, x, layer.gamma, layer.beta) for layer in (fused, plain)]
         for a, b in zip(*grads, strict=True):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(fused.moving_mean.numpy(), plain.moving_mean.numpy(), rtol=1e-6)
@@ -173,6 +177,28 @@ def test_fused_batchnorm_trains_exactly_like_keras() -> None:
     )
     flat = FusedBatchNormalization()  # a 2-D input takes Keras' path
     assert flat(tf.ones((4, 3)), training=True).shape == (4, 3)
+
+
+def test_frozen_fused_batchnorm_uses_moving_statistics_like_keras() -> None:
+    """A frozen layer normalises with its moving statistics even in a training step, through
+    the fused inference kernel: outputs and input gradients equal Keras', statistics stay."""
+    rng = np.random.default_rng(4)
+    fused, plain = FusedBatchNormalization(), keras.layers.BatchNormalization()
+    for layer in (fused, plain):
+        layer.build((8, 5, 5, 4))
+    state = [rng.normal(1.0, 0.3, 4), rng.normal(0.0, 0.5, 4), rng.normal(2.0, 1.0, 4),
+             rng.uniform(0.5, 3.0, 4)]  # fmt: skip
+    for layer in (fused, plain):
+        for variable, value in zip(layer.weights, state, strict=True):
+            variable.assign(value.astype("float32"))
+        layer.trainable = False
+    x = tf.constant(rng.normal(2.0, 3.0, (8, 5, 5, 4)).astype("float32"))
+    found = [training_step(layer, x) for layer in (fused, plain)]
+    for a, b in zip(*found, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+    expected = (x.numpy() - state[2]) / np.sqrt(state[3] + fused.epsilon) * state[0] + state[1]
+    np.testing.assert_allclose(found[0][0].numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fused.moving_mean.numpy(), state[2].astype("float32"))
 
 
 def test_base_trains_fused_batchnorm_and_reloads(tmp_path: Path) -> None:

@@ -482,11 +482,19 @@ def test_a_study_can_tune_for_robustness(
     )
     with pytest.raises(TuningError, match="val_robust_roc_auc is measured only with"):
         run_study(base_config(tiny_cifake, epochs=1), tune, verbose=0)
-    base = base_config(tiny_cifake, epochs=1, val_robustness="jpeg50,noise0.05")
+    # log_model=False as well: this study compares metrics only (and skips two model exports).
+    base = base_config(tiny_cifake, epochs=1, val_robustness="jpeg50,noise0.05", log_model=False)
     result = run_study(base, tune, pruner=optuna.pruners.NopPruner(), verbose=0)
     assert [t.state for t in result.study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     for trial in result.study.trials:
-        metrics = mlflow.get_run(trial.user_attrs[RUN_ID_ATTR]).data.metrics
+        run = mlflow.get_run(trial.user_attrs[RUN_ID_ATTR])
+        assert "model_uri" not in run.data.tags and trial.user_attrs["model_uri"] == ""
+        logged = MlflowClient().search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{run.info.run_id}'",
+        )
+        assert list(logged) == []
+        metrics = run.data.metrics
         per_change = [metrics[f"val_robust_{n}_roc_auc"] for n in ("jpeg50", "noise0.05")]
         assert trial.value == pytest.approx(sum(per_change) / 2)
         assert metrics["best_val_robust_roc_auc"] == pytest.approx(trial.value)
@@ -494,6 +502,15 @@ def test_a_study_can_tune_for_robustness(
     assert {t.params["robust_augment"] for t in result.study.trials} <= {
         "none", "jpeg50,blur1", "jpeg50,blur1,noise0.02,downup0.5"
     }  # fmt: skip
+
+
+def test_a_study_that_logs_no_models_cannot_register(
+    tracking: str, tiny_cifake: Path, space_file: Path, tmp_path: Path
+) -> None:
+    tune = TuneConfig(storage=f"sqlite:///{tmp_path / 'optuna.db'}", search_space=str(space_file))
+    with pytest.raises(TuningError, match="--register false"):
+        run_study(base_config(tiny_cifake, log_model=False), tune)
+    assert not (tmp_path / "optuna.db").exists()  # refused before the study was created
 
 
 def test_an_interrupt_swallowed_inside_the_block_still_stops_the_work() -> None:
