@@ -118,6 +118,11 @@ def test_register_command_registers_a_run(trained: tuple[str, TrainConfig]) -> N
     missing = CliRunner().invoke(main, ["register", "0" * 32])
     assert missing.exit_code == 1
     assert "no run" in missing.output
+    with mlflow.start_run(run_name="metrics-only") as bare:  # as a log_model=False run ends
+        mlflow.log_params({"log_model": "False", "image_size": "32"})
+    refused = CliRunner().invoke(main, ["register", bare.info.run_id])
+    assert refused.exit_code == 1
+    assert "logged no model (log_model=False)" in refused.output
 
 
 def test_init_from_a_logged_run_warm_starts_training(
