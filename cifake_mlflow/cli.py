@@ -180,14 +180,11 @@ def register(run_id: str, model_name: str, margin: float, data: str | None) -> N
     if data:
         values["data"] = data
     cfg = build_config(values)
-    if "model_uri" not in run.data.tags:
-        raise click.ClickException(
-            f"run {run_id} logged no model (log_model=False): train again with --log-model true"
-        )
     try:
+        model_uri = registry.logged_model_uri(run)
         ds, splits = prepare_data(cfg)
         decision = registry.register_and_gate(
-            run.data.tags["model_uri"],
+            model_uri,
             model_name,
             ds.images[splits.val],
             ds.labels[splits.val],

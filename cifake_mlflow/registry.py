@@ -29,6 +29,18 @@ class RegistryError(RuntimeError):
     """A registry request cannot be served; the message says why and what to do."""
 
 
+def logged_model_uri(run: mlflow.entities.Run) -> str:
+    """The model a training run logged (its ``model_uri`` tag); refuses a run that logged none
+    (``log_model=False``), before any data is loaded to gate it."""
+    uri = run.data.tags.get("model_uri")
+    if not uri:
+        raise RegistryError(
+            f"run {run.info.run_id} logged no model (log_model=False), so it cannot be "
+            "registered: train it again with --log-model true"
+        )
+    return uri
+
+
 @dataclass(frozen=True)
 class GateDecision:
     """The outcome of the champion/challenger gate for one new version."""

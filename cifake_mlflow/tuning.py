@@ -428,11 +428,7 @@ def _register_best(
     """Register the best trial's model; gate it against the champion on the validation split."""
     ds, splits = data
     run = mlflow.get_run(best.user_attrs[RUN_ID_ATTR])
-    if "model_uri" not in run.data.tags:  # a worker of this study ran with log_model=False
-        raise TuningError(
-            f"best trial {best.number} (run {run.info.run_id}) logged no model, so it cannot "
-            "be registered; re-train its params with log_model true and `cifake register` it"
-        )
+    model_uri = registry.logged_model_uri(run)  # a worker may have run with log_model=False
     tags = {
         "optuna.study": tune.study_name,
         "optuna.trial": str(best.number),
@@ -444,7 +440,7 @@ def _register_best(
         "params": json.dumps(best.params, sort_keys=True, default=str),
     }
     decision = registry.register_and_gate(
-        run.data.tags["model_uri"],
+        model_uri,
         tune.model_name,
         ds.images[splits.val],
         ds.labels[splits.val],
