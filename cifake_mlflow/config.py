@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cifake_mlflow.preprocess import NATIVE_SIZE
 from cifake_mlflow.robustness import DEFAULT_SUITE, parse_names
 
 #: Layers in ``keras.applications.MobileNetV2(include_top=False)``; checked by a test against
@@ -97,10 +98,18 @@ class TrainConfig:
         default=0.1, **_help("share of train carved out (stratified) for validation")
     )
     seed: int = field(default=42, **_help("seed of the split, shuffling, augmentation and init"))
-    augment: bool = field(default=True, **_help("apply flip/zoom/rotation while training"))
+    augment: bool = field(default=True, **_help("apply flip/zoom/rotation/shift while training"))
     zoom: float = field(default=0.2, **_help("random zoom factor, in [0, 1)"))
     rotation: float = field(default=15.0, **_help("random rotation in degrees, in [0, 180]"))
     flip: bool = field(default=True, **_help("random horizontal flip"))
+    shift: int = field(
+        default=0,
+        **_help(
+            "random shift of up to this many whole pixels of the 32x32 image, each way "
+            "(reflected edges), in [0, 16]; unlike zoom and rotation it moves pixels without "
+            "resampling them"
+        ),
+    )
     tta: Literal["none", "flip"] = field(
         default="none",
         **_help(
@@ -200,6 +209,7 @@ class TrainConfig:
         _in_range(self, "val_fraction", 0.0, 1.0, low_open=True, high_open=True)
         _in_range(self, "zoom", 0.0, 1.0, high_open=True)
         _in_range(self, "rotation", 0.0, 180.0)
+        _in_range(self, "shift", 0, NATIVE_SIZE // 2)
         _in_range(self, "threshold", 0.0, 1.0)
         if self.target_fpr is not None:
             _in_range(self, "target_fpr", 0.0, 1.0, high_open=True)

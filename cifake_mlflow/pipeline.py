@@ -1,7 +1,7 @@
 """Cached uint8 arrays -> batched, augmented ``tf.data`` pipelines for Keras.
 
-Augmentation runs on whole batches at the native 32x32 (flip, zoom, rotation as Keras layers),
-and the model resizes to its input size afterwards. That order is about 10x cheaper than
+Augmentation runs on whole batches at the native 32x32 (flip, zoom, rotation and shift as Keras
+layers), and the model resizes to its input size afterwards. That order is about 10x cheaper than
 augmenting at 160 px and keeps the pipeline from ever being the bottleneck of training.
 """
 
@@ -15,12 +15,19 @@ import tensorflow as tf
 
 from cifake_mlflow import robustness
 from cifake_mlflow.config import TrainConfig
+from cifake_mlflow.preprocess import NATIVE_SIZE
 
 BatchFn = Callable[[tf.Tensor], tf.Tensor]
 
 
 def augmenter(cfg: TrainConfig) -> keras.Sequential | None:
-    """The reference augmentation (flip, zoom, rotation) as Keras layers, or None if off."""
+    """The reference augmentation (flip, zoom, rotation) and ``shift`` as Keras layers.
+
+    None when augmentation is off or every one of them is. ``shift`` translates with nearest
+    sampling: every output pixel is a copy of an input pixel (a whole-pixel move with
+    reflected edges), where zoom and rotation interpolate and blur the fine pixel statistics
+    that tell the two classes apart.
+    """
     if not cfg.augment:
         return None
     layers: list[keras.Layer] = []
@@ -32,6 +39,13 @@ def augmenter(cfg: TrainConfig) -> keras.Sequential | None:
         layers.append(
             keras.layers.RandomRotation(
                 cfg.rotation / 360.0, fill_mode="reflect", seed=cfg.seed + 2
+            )
+        )
+    if cfg.shift > 0:
+        factor = cfg.shift / NATIVE_SIZE
+        layers.append(
+            keras.layers.RandomTranslation(
+                factor, factor, fill_mode="reflect", interpolation="nearest", seed=cfg.seed + 4
             )
         )
     return keras.Sequential(layers, name="augmentation") if layers else None
