@@ -34,6 +34,7 @@ def test_defaults_are_the_reference_design() -> None:
     assert cfg.weights == "imagenet"
     assert cfg.flip is True
     assert cfg.augment is True
+    assert cfg.shift == 0  # the reference design does not translate
 
 
 def test_auto_values_resolve_by_weights() -> None:
@@ -67,6 +68,8 @@ BAD_VALUES = [
     ("val_fraction", 1.0),
     ("zoom", 1.0),
     ("rotation", 200.0),
+    ("shift", -1),
+    ("shift", 17),
     ("threshold", 1.5),
     ("lr_schedule", "linear"),
     ("on_bad_file", "ignore"),
