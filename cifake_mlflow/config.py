@@ -28,6 +28,10 @@ MIN_IMAGE_SIZE = 32
 #: Smallest subset for which a stratified train/validation split is always possible.
 MIN_SUBSET = 10
 WEIGHT_KEYWORDS = ("imagenet", "none")
+#: Strides MobileNetV2's first convolution may take (2 is Keras' standard).
+STEM_STRIDES = (1, 2)
+#: Width multipliers Keras publishes ImageNet weights for.
+IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 AUTO = "auto"
 
 
@@ -54,8 +58,27 @@ class TrainConfig:
     )
     epochs: int = field(default=20, **_help("maximum epochs (early stopping usually ends sooner)"))
     image_size: int = field(default=160, **_help("model input side in pixels (>= 32)"))
+    stem_stride: int = field(
+        default=2,
+        **_help(
+            "stride of MobileNetV2's first convolution: 2 (Keras' standard) or 1, which keeps "
+            "a 32x32 input's pixels through the stem at about the cost of a 64 px input, "
+            "without interpolating them; weights load unchanged"
+        ),
+    )
+    alpha: float = field(
+        default=1.0,
+        **_help(
+            "MobileNetV2 width multiplier (Keras' alpha); ImageNet weights exist for "
+            "0.35, 0.5, 0.75, 1.0, 1.3 and 1.4"
+        ),
+    )
     batch_size: int = field(default=64, **_help("images per training step"))
     learning_rate: float = field(default=1e-3, **_help("Adam learning rate"))
+    weight_decay: float = field(
+        default=0.0,
+        **_help("decoupled weight decay: above 0 the optimizer is AdamW with this rate"),
+    )
     lr_schedule: Literal["constant", "cosine"] = field(
         default="constant", **_help("constant, or cosine decay to zero over `epochs`")
     )
@@ -203,7 +226,17 @@ class TrainConfig:
             raise ConfigError(
                 "image_size", self.image_size, f"MobileNetV2 needs at least {MIN_IMAGE_SIZE}"
             )
+        if self.stem_stride not in STEM_STRIDES:
+            raise ConfigError("stem_stride", self.stem_stride, "1 or 2")
+        _in_range(self, "alpha", 0.0, 2.0, low_open=True)
+        if self.weights == "imagenet" and self.alpha not in IMAGENET_ALPHAS:
+            raise ConfigError(
+                "alpha",
+                self.alpha,
+                f"with weights=imagenet one of {', '.join(map(str, IMAGENET_ALPHAS))}",
+            )
         _in_range(self, "learning_rate", 0.0, 10.0, low_open=True)
+        _in_range(self, "weight_decay", 0.0, 1.0)
         _in_range(self, "dropout", 0.0, 1.0, high_open=True)
         _in_range(self, "label_smoothing", 0.0, 1.0, high_open=True)
         _in_range(self, "val_fraction", 0.0, 1.0, low_open=True, high_open=True)

@@ -22,22 +22,25 @@ from cifake_mlflow.preprocess import NATIVE_SIZE
 IMAGENET_SIZES = (96, 128, 160, 192, 224)
 WEIGHTS_HOST = "storage.googleapis.com"
 BASE_NAME = "mobilenetv2_base"
+#: MobileNetV2's first convolution, and the stride Keras gives it.
+STEM_LAYER = "Conv1"
+STANDARD_STEM_STRIDE = 2
 
 
 class WeightsUnavailableError(RuntimeError):
     """ImageNet weights are neither cached nor downloadable; the message offers alternatives."""
 
 
-def imagenet_weights_file(image_size: int) -> Path:
+def imagenet_weights_file(image_size: int, alpha: float = 1.0) -> Path:
     """Where Keras caches the no-top MobileNetV2 ImageNet weights for ``image_size``."""
     rows = image_size if image_size in IMAGENET_SIZES else 224
-    name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5"
+    name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
     return Path(keras_home()).expanduser() / "models" / name
 
 
-def check_imagenet_available(image_size: int) -> None:
+def check_imagenet_available(image_size: int, alpha: float = 1.0) -> None:
     """Fail at once, before any training work, when ImageNet weights cannot be had."""
-    cached = imagenet_weights_file(image_size)
+    cached = imagenet_weights_file(image_size, alpha)
     if cached.is_file() or reachable(WEIGHTS_HOST):
         return
     raise WeightsUnavailableError(
@@ -51,13 +54,16 @@ def check_imagenet_available(image_size: int) -> None:
 def build_base(cfg: TrainConfig) -> keras.Model:
     """MobileNetV2 without its top, with weights, trainable depth and BN momentum applied."""
     if cfg.weights == "imagenet":
-        check_imagenet_available(cfg.image_size)
+        check_imagenet_available(cfg.image_size, cfg.alpha)
         weights: str | None = "imagenet"
     else:
         weights = None if cfg.weights == "none" else str(Path(cfg.weights).expanduser())
     try:
         base = keras.applications.MobileNetV2(
-            input_shape=(cfg.image_size, cfg.image_size, 3), include_top=False, weights=weights
+            input_shape=(cfg.image_size, cfg.image_size, 3),
+            alpha=cfg.alpha,
+            include_top=False,
+            weights=weights,
         )
     except (OSError, ValueError) as exc:
         if cfg.weights in ("imagenet", "none"):
@@ -66,6 +72,7 @@ def build_base(cfg: TrainConfig) -> keras.Model:
             f"weights={cfg.weights!r}: cannot load this file into MobileNetV2 without its top "
             f"({exc}). Give a no-top MobileNetV2 weights file, or --weights none."
         ) from None
+    base = with_stem_stride(base, cfg.stem_stride)
     base.name = BASE_NAME
     if not cfg.pretrained and cfg.trainable_base_layers < len(base.layers):
         print(
@@ -78,6 +85,25 @@ def build_base(cfg: TrainConfig) -> keras.Model:
     set_batchnorm_momentum(base, cfg.batchnorm_momentum)
     fuse_batchnorms(base)
     return base
+
+
+def with_stem_stride(base: keras.Model, stride: int) -> keras.Model:
+    """``base`` rebuilt with its first convolution (``Conv1``) at ``stride``, weights kept.
+
+    Keras' MobileNetV2 halves the resolution in ``Conv1``; at CIFAKE's 32x32 that discards the
+    pixel-level traces a generator leaves before any block sees them. Strides do not change
+    kernel shapes, so the same layers, names and weights serve: the model is rebuilt from its
+    own config with the new stride and the loaded weights are copied over tensor by tensor.
+    """
+    if stride == STANDARD_STEM_STRIDE:
+        return base
+    config = base.get_config()
+    for layer in config["layers"]:
+        if layer["config"]["name"] == STEM_LAYER:
+            layer["config"]["strides"] = (stride, stride)
+    rebuilt = keras.Model.from_config(config)
+    rebuilt.set_weights(base.get_weights())
+    return rebuilt
 
 
 def set_trainable_layers(base: keras.Model, count: int) -> None:

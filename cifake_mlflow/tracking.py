@@ -94,8 +94,10 @@ def run_name(cfg: TrainConfig) -> str:
     if cfg.run_name:
         return cfg.run_name
     weights = weights_label(cfg)
+    stem = "" if cfg.stem_stride == 2 else f"-stem{cfg.stem_stride}"
+    width = "" if cfg.alpha == 1.0 else f"-a{cfg.alpha:g}"
     return (
-        f"mnv2-{cfg.image_size}px-{weights}-u{cfg.trainable_base_layers}"
+        f"mnv2-{cfg.image_size}px{stem}{width}-{weights}-u{cfg.trainable_base_layers}"
         f"-lr{cfg.learning_rate:g}-do{cfg.dropout:g}"
     )
 

@@ -60,13 +60,21 @@ def learning_rate(cfg: TrainConfig, steps_per_epoch: int) -> float | Schedule:
     return cfg.learning_rate
 
 
+def optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Adam, or AdamW when ``weight_decay`` is set (decay decoupled from the gradient step)."""
+    rate = learning_rate(cfg, steps_per_epoch)
+    if cfg.weight_decay > 0:
+        return keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay)
+    return keras.optimizers.Adam(rate)
+
+
 def compile_model(
     model: keras.Model, cfg: TrainConfig, steps_per_epoch: int, jit_compile: bool = False
 ) -> None:
-    """Adam + binary cross-entropy, tracking accuracy and ROC-AUC; optionally XLA-compiled."""
+    """Adam (AdamW with weight decay) + binary cross-entropy, tracking accuracy and ROC-AUC."""
     model.compile(
         jit_compile=jit_compile,
-        optimizer=keras.optimizers.Adam(learning_rate(cfg, steps_per_epoch)),
+        optimizer=optimizer(cfg, steps_per_epoch),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=[
             keras.metrics.BinaryAccuracy(name="accuracy"),

@@ -75,6 +75,11 @@ BAD_VALUES = [
     ("on_bad_file", "ignore"),
     ("max_train_images", 1),
     ("max_test_images", 1),
+    ("stem_stride", 3),
+    ("stem_stride", 0),
+    ("alpha", 0.0),
+    ("alpha", 0.6),  # no ImageNet weights file for this width
+    ("weight_decay", -0.1),
 ]
 
 

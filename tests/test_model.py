@@ -17,6 +17,7 @@ from cifake_mlflow import model as model_module
 from cifake_mlflow.config import MOBILENETV2_DEPTH, TrainConfig
 from cifake_mlflow.model import (
     BASE_NAME,
+    STEM_LAYER,
     FusedBatchNormalization,
     WeightsUnavailableError,
     build_base,
@@ -81,6 +82,48 @@ def test_weights_file_is_loaded(tmp_path: Path) -> None:
     for ours, theirs in zip(base.weights, source.weights, strict=True):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
     assert sum(layer.trainable for layer in base.layers) == 30  # pretrained: reference depth
+
+
+def test_native_stem_keeps_32px_through_conv1_and_loads_standard_weights(
+    tmp_path: Path,
+) -> None:
+    """A weights file saved from Keras' standard MobileNetV2 loads, tensor for tensor."""
+    keras.utils.set_random_seed(3)
+    source = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), include_top=False, weights=None
+    )
+    path = tmp_path / "standard.weights.h5"
+    source.save_weights(path)
+    base = build_base(TrainConfig(weights=str(path), image_size=32, stem_stride=1))
+    # Same blocks and layer names (the input layer's name is numbered by Keras).
+    assert [layer.name for layer in base.layers[1:]] == [layer.name for layer in source.layers[1:]]
+    assert len(base.weights) == len(source.weights)
+    for ours, theirs in zip(base.weights, source.weights, strict=True):
+        assert ours.path == theirs.path
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    assert base.get_layer(STEM_LAYER).strides == (1, 1)
+    assert source.get_layer(STEM_LAYER).strides == (2, 2)
+    # Conv1 no longer halves: 32 -> 32 in the stem, 2x2 (not 1x1) at the top of the base.
+    assert base.get_layer(STEM_LAYER).output.shape[1:3] == (32, 32)
+    assert base.output.shape[1:3] == (2, 2)
+    assert source.output.shape[1:3] == (1, 1)
+
+
+def test_native_stem_model_exports_and_matches_predict(tmp_path: Path) -> None:
+    model = build_model(small(stem_stride=1, alpha=0.5, tta="flip"))
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    expected = model.predict(images.astype("float32"), verbose=0)
+    served = tf.saved_model.load(str(export_saved_model(model, tmp_path / "saved")))
+    np.testing.assert_allclose(served.serve(tf.constant(images)).numpy(), expected, atol=1e-5)
+
+
+def test_alpha_sets_the_width_and_the_imagenet_file_name() -> None:
+    narrow = build_base(small(alpha=0.5))
+    assert narrow.get_layer(STEM_LAYER).filters == 16  # 32 x 0.5
+    assert len(narrow.layers) == MOBILENETV2_DEPTH
+    assert imagenet_weights_file(96, 0.35).name == (
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5"
+    )
 
 
 def test_weights_file_of_another_model_is_refused(tmp_path: Path) -> None:
