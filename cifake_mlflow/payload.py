@@ -10,7 +10,12 @@ MLflow hands the column over in several shapes, depending on the request format
 (``dataframe_split`` and ``dataframe_records`` give one row per image; ``inputs`` and
 ``instances`` may give one row holding a list of images, or a bare 4-D array): :func:`items`
 flattens them all into one list. Every problem raises :class:`BadInput`, which the scoring server
-answers with HTTP 400 and a message that names the item.
+answers with HTTP 400 and a short message that names the item and the reason.
+
+Limits per request: :data:`MAX_BATCH` images, :data:`MAX_FILE_BYTES` per file and
+:data:`MAX_REQUEST_PIXELS` decoded pixels in all (each file's size is read from its header, so
+an image over the budget is refused before it is decoded); per image, those of
+:mod:`cifake_mlflow.preprocess`.
 """
 
 from __future__ import annotations
@@ -25,7 +30,13 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from cifake_mlflow.preprocess import NATIVE_SIZE, ImageDecodeError, decode_image
+from cifake_mlflow.preprocess import (
+    MAX_PIXELS,
+    NATIVE_SIZE,
+    ImageDecodeError,
+    PixelBudget,
+    decode_image,
+)
 
 #: The one input column of the served model.
 COLUMN = "image"
@@ -33,10 +44,32 @@ COLUMN = "image"
 MAX_BATCH = 1024
 #: Bytes per encoded image file; larger files are refused before decoding.
 MAX_FILE_BYTES = 20 * 1024 * 1024
+#: Decoded pixels per request, all files together: two of the largest images one may send.
+#: This bounds the CPU one request can hold the server for (a few seconds on 2 cores).
+MAX_REQUEST_PIXELS = 2 * MAX_PIXELS
 _SHAPE = (NATIVE_SIZE, NATIVE_SIZE, 3)
 
 
-class BadInput(MlflowException):
+class ModelError(MlflowException):
+    """An error the served model answers with; its message is set once, and stays short.
+
+    MLflow's scoring server rewrites the message of any ``MlflowException`` a model raises to
+    ``Failed to predict data '<the request>'. Error: ...`` (``mlflow.pyfunc.scoring_server``,
+    ``invocations``), so a 20 MB bad request would get a 20 MB reply. That rewrite is ignored:
+    the reply carries only the reason.
+    """
+
+    @property
+    def message(self) -> str:
+        return self._reason
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_reason"):
+            self._reason = value
+
+
+class BadInput(ModelError):
     """A request the model cannot score; MLflow's server turns it into HTTP 400."""
 
     def __init__(self, message: str) -> None:
@@ -61,7 +94,8 @@ def images_from(model_input: Any) -> np.ndarray:
             f"batch of {len(cells)} images exceeds the limit of {MAX_BATCH} per request; "
             "split it into smaller requests"
         )
-    return np.stack([to_pixels(cell, index) for index, cell in enumerate(cells)])
+    budget = PixelBudget(MAX_REQUEST_PIXELS)
+    return np.stack([to_pixels(cell, index, budget) for index, cell in enumerate(cells)])
 
 
 def items(model_input: Any) -> list[Any]:
@@ -80,10 +114,16 @@ def items(model_input: Any) -> list[Any]:
         cells = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
     else:
         cells = list(model_input)
+    if len(cells) == 1 and _is_empty_list(cells[0]):
+        return []  # ``{"instances": []}`` and ``{"inputs": []}`` arrive as one empty cell
     flat: list[Any] = []
     for cell in cells:
         flat.extend(_unpack(cell))
     return flat
+
+
+def _is_empty_list(cell: Any) -> bool:
+    return isinstance(cell, (list, tuple, np.ndarray)) and len(cell) == 0
 
 
 def _unpack(cell: Any) -> list[Any]:
@@ -99,12 +139,12 @@ def _unpack(cell: Any) -> list[Any]:
     return list(cell) if nested else [cell]
 
 
-def to_pixels(cell: Any, index: int = 0) -> np.ndarray:
+def to_pixels(cell: Any, index: int = 0, budget: PixelBudget | None = None) -> np.ndarray:
     """One item -> uint8 (32, 32, 3); raises :class:`BadInput` that names ``index``."""
     if isinstance(cell, str):
-        return _decode(_unbase64(cell, index), index)
+        return _decode(_unbase64(cell, index), index, budget)
     if isinstance(cell, (bytes, bytearray)):
-        return _decode(bytes(cell), index)
+        return _decode(bytes(cell), index, budget)
     if isinstance(cell, (list, tuple, np.ndarray)):
         return _pixel_array(cell, index)
     raise BadInput(
@@ -126,13 +166,13 @@ def _unbase64(text: str, index: int) -> bytes:
         raise BadInput(f"item {index}: invalid base64 ({exc})") from None
 
 
-def _decode(data: bytes, index: int) -> np.ndarray:
+def _decode(data: bytes, index: int, budget: PixelBudget | None) -> np.ndarray:
     if len(data) > MAX_FILE_BYTES:
         raise BadInput(
             f"item {index}: file is larger than the limit of {MAX_FILE_BYTES // 2**20} MiB"
         )
     try:
-        return decode_image(data)[0]
+        return decode_image(data, budget)[0]
     except ImageDecodeError as exc:
         raise BadInput(f"item {index}: {exc}") from None
 

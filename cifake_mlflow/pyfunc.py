@@ -15,17 +15,35 @@ signature cannot hold base64 text.)
 
 from __future__ import annotations
 
+import logging
+
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
 from cifake_mlflow.calibration import apply_temperature
-from cifake_mlflow.payload import COLUMN, images_from, threshold_from
+from cifake_mlflow.payload import COLUMN, ModelError, images_from, threshold_from
 
 #: Images per call into the SavedModel; bounds peak memory for large requests.
 CHUNK = 256
+_log = logging.getLogger(__name__)
+
+
+class ScoringFailed(ModelError):
+    """An unexpected error while scoring: HTTP 500 with a one-line reply, the traceback logged.
+
+    MLflow's scoring server would put the traceback, with the server's file paths, into the
+    reply of any exception that is not an ``MlflowException``.
+    """
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__(
+            f"internal error while scoring ({type(exc).__name__}); the server log has the details",
+            error_code=INTERNAL_ERROR,
+        )
 
 
 def signature(threshold: float = 0.5) -> ModelSignature:
@@ -71,8 +89,14 @@ class CifakeDetector(mlflow.pyfunc.PythonModel):
     # No type hints on predict: MLflow would try to derive a schema from them; the explicit
     # signature passed at logging time is the contract.
     def predict(self, context, model_input, params=None):
-        threshold = threshold_from(params, self._threshold)
-        return labelled(self.scores(images_from(model_input)), threshold)
+        try:
+            threshold = threshold_from(params, self._threshold)
+            return labelled(self.scores(images_from(model_input)), threshold)
+        except ModelError:
+            raise
+        except Exception as exc:
+            _log.exception("scoring failed")
+            raise ScoringFailed(exc) from None
 
     @property
     def threshold(self) -> float:

@@ -12,6 +12,7 @@ import base64
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -183,13 +184,18 @@ def post(url: str, payload: dict[str, Any], timeout: float = 120.0) -> Any:
         ) from None
 
 
+#: How MLflow's scoring server prefixes a model's error (models served by this package keep
+#: their message short, but another server version or model may not).
+_MLFLOW_PREFIX = re.compile(r"^Failed to predict data .*?\nError: ", re.DOTALL)
+
+
 def error_message(body: bytes) -> str:
-    """The useful part of an MLflow error answer (it prefixes the request's repr)."""
+    """The useful part of an MLflow error answer, without any echo of the request."""
     try:
         message = json.loads(body).get("message", "")
     except (ValueError, AttributeError):
         return body.decode(errors="replace")[:500]
-    return message.rsplit("Error: ", 1)[-1] if "Error: " in message else message
+    return _MLFLOW_PREFIX.sub("", message)[:2000]
 
 
 def score(

@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import jpeg_bytes, synthetic_image
+from hostile import png16
 
 from cifake_mlflow.payload import (
     MAX_BATCH,
+    MAX_REQUEST_PIXELS,
     BadInput,
     frame,
     images_from,
@@ -18,7 +20,7 @@ from cifake_mlflow.payload import (
     threshold_from,
     to_pixels,
 )
-from cifake_mlflow.preprocess import decode_image
+from cifake_mlflow.preprocess import MAX_PIXELS, decode_image
 
 
 @pytest.fixture
@@ -111,3 +113,28 @@ def test_files_over_the_size_limit_are_refused_before_decoding(
         with pytest.raises(BadInput, match="item 2: file is larger than the limit of 1 MiB"):
             to_pixels(item, 2)
     assert to_pixels(files[0], 2).shape == (32, 32, 3)
+
+
+def test_error_message_is_not_rewritten_to_echo_the_request() -> None:
+    """MLflow's server sets ``e.message = f"Failed to predict data '{data}' ..."``: ignored."""
+    error = BadInput("item 3: not an image")
+    error.message = f"Failed to predict data '{'x' * 10**6}'. \nError: {error.message}"
+    assert error.message == "item 3: not an image"
+    assert len(error.serialize_as_json()) < 200
+    assert error.get_http_status_code() == 400
+
+
+def test_empty_instances_and_inputs_are_an_empty_batch() -> None:
+    # What MLflow hands the model for {"instances": []} and {"inputs": []}.
+    for model_input in (pd.DataFrame({"image": [[]]}), pd.DataFrame({"image": [np.array([])]})):
+        with pytest.raises(BadInput, match="empty batch"):
+            images_from(model_input)
+
+
+def test_request_pixel_budget_names_the_item_that_overspends() -> None:
+    side = int(MAX_PIXELS**0.5)
+    big = png16(side, side)
+    per_request = MAX_REQUEST_PIXELS // (side * side)
+    assert per_request >= 2
+    with pytest.raises(BadInput, match=rf"item {per_request}: .* past its limit of"):
+        images_from(frame([big] * (per_request + 1)))

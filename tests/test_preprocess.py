@@ -6,6 +6,7 @@ import io
 import struct
 import zlib
 
+import hostile
 import numpy as np
 import pytest
 from conftest import jpeg_bytes, synthetic_image
@@ -243,3 +244,68 @@ def test_pixel_limit_is_checked_before_decoding() -> None:
 
 def test_decode_error_is_a_value_error() -> None:
     assert issubclass(ImageDecodeError, ValueError)
+
+
+# -- hostile files: an allow-list of decoders, and only ImageDecodeError out ------------------
+@pytest.mark.parametrize(("fmt", "named"), hostile.FOREIGN_FORMATS.items())
+def test_formats_outside_the_allow_list_are_refused_by_name(fmt: str, named: str | None) -> None:
+    data = hostile.eps() if fmt == "EPS" else hostile.pillow_file(fmt)
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(data)
+    message = str(info.value)
+    assert preprocess.SUPPORTED_FORMATS in message
+    assert (f"format {named}" if named else "not in a supported format") in message
+
+
+@pytest.mark.parametrize(
+    ("builder", "message"),
+    [
+        (hostile.tiff_with_text_strip_offsets, "unreadable or truncated image: TypeError"),
+        (hostile.im_with_bad_size_line, "format IM is not supported"),
+        (hostile.dds_without_pixel_format_flags, "format DDS is not supported"),
+        (hostile.eps, "format EPS/PostScript is not supported"),
+    ],
+)
+def test_files_that_break_pillow_end_as_decode_errors(builder: object, message: str) -> None:
+    with pytest.raises(ImageDecodeError, match=message):
+        decode_image(builder())
+
+
+def test_foreign_formats_never_reach_a_pillow_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused from the leading bytes, or by Image.open's own format list: no plugin runs."""
+    opened: list[tuple] = []
+    real_open = Image.open
+
+    def spy(fp: object, mode: str = "r", formats: tuple | None = None) -> Image.Image:
+        opened.append(tuple(formats or ()))
+        return real_open(fp, mode, formats)
+
+    monkeypatch.setattr(preprocess.Image, "open", spy)
+    for fmt in ("PCX", "TGA"):  # no signature: Pillow is asked, with the allow-list only
+        with pytest.raises(ImageDecodeError):
+            decode_image(hostile.pillow_file(fmt))
+    assert opened == [preprocess.ALLOWED_FORMATS] * 2
+    opened.clear()
+    with pytest.raises(ImageDecodeError):
+        decode_image(hostile.eps())
+    assert opened == []
+
+
+def test_pixel_budget_refuses_from_the_header_and_counts_what_it_lets_through() -> None:
+    budget = preprocess.PixelBudget(limit=3000 * 2000)
+    wide = hostile.png16(2000, 2000)
+    decode_image(wide, budget)
+    assert budget.spent == 4_000_000
+    with pytest.raises(ImageDecodeError, match=r"past its limit of 6,000,000 decoded pixels"):
+        decode_image(wide, budget)
+    assert budget.spent == 4_000_000  # the refused image cost nothing
+    decode_image(hostile.png16(1000, 2000), budget)
+    assert budget.spent == 6_000_000
+
+
+def test_largest_allowed_16_bit_image_decodes_to_black() -> None:
+    side = int(preprocess.MAX_PIXELS**0.5)
+    pixels, resized = decode_image(hostile.png16(side, side))
+    assert resized and pixels.max() == 0
+    with pytest.raises(ImageDecodeError, match="too many pixels: 6300x6300"):
+        decode_image(hostile.png16(6300, 6300))
