@@ -6,7 +6,9 @@ Starts the server on a free loopback port, then on real CIFAKE test JPEGs measur
 - latency of one-image requests (p50, p99) over HTTP, against in-process ``predict`` of the
   same file (the baseline: what HTTP, JSON and base64 cost);
 - throughput (images/s) for batches of 1, 16, 64 and 256 files, both ways;
-- agreement: the largest |served - in-process| prob_fake over all files (must be < 1e-5).
+- agreement: the largest |served - in-process| prob_fake over all files (must be < 1e-5);
+- the most expensive request the limits let through: as many of the largest 16-bit PNGs
+  allowed per image as the request's pixel budget admits (seconds per request).
 Served and in-process calls alternate, so a change of load on the machine hits both alike.
 Run it where the tracking store holding the model is (``mlflow.db``), or set
 MLFLOW_TRACKING_URI. Results are printed and merged into benchmarks/results.json.
@@ -15,6 +17,7 @@ MLFLOW_TRACKING_URI. Results are printed and merged into benchmarks/results.json
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from pathlib import Path
@@ -25,6 +28,19 @@ from common import DEFAULT_DATA, print_table, result, save, test_jpegs, timed_pa
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BATCHES = (1, 16, 64, 256)
+
+
+def worst_request() -> list[bytes]:
+    """The costliest request the limits pass: 16-bit PNGs of the largest allowed size."""
+    from PIL import Image
+
+    from cifake_mlflow.payload import MAX_REQUEST_PIXELS
+    from cifake_mlflow.preprocess import MAX_PIXELS
+
+    side = int(MAX_PIXELS**0.5)
+    buffer = io.BytesIO()
+    Image.new("I;16", (side, side)).save(buffer, "PNG")
+    return [buffer.getvalue()] * (MAX_REQUEST_PIXELS // (side * side))
 
 
 def run(model_uri: str, data: Path, quick: bool = False) -> dict[str, dict]:
@@ -65,6 +81,11 @@ def run(model_uri: str, data: Path, quick: bool = False) -> dict[str, dict]:
             results[f"serving_throughput_batch_{size}"] = result(
                 size / float(np.median(served_s)), size / float(np.median(local_s)), "images/s"
             )
+        worst = worst_request()
+        served_s, local_s = timed_pair(lambda: http(worst), lambda: local(worst), 3)
+        results["serving_worst_request"] = result(
+            float(np.median(served_s)), float(np.median(local_s)), "s per request"
+        )
     results["serving_max_abs_diff"] = result(diff, 1e-5, "prob_fake (baseline: tolerance)")
     return results
 

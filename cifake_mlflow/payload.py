@@ -1,7 +1,7 @@
 """One scoring request -> the uint8 (N, 32, 32, 3) batch the detector sees.
 
 The served model takes a single column, ``image``. Each item is either an image file encoded as
-base64 text (JPEG, PNG, WebP, BMP, GIF, ...; any size; a ``data:image/...;base64,`` prefix is
+base64 text (JPEG, PNG, WebP, BMP, GIF or TIFF; any size; a ``data:image/...;base64,`` prefix is
 allowed) or a 32x32x3 array of integers in 0..255. Files go through
 :func:`cifake_mlflow.preprocess.decode_image`, the function that built the training cache, so an
 image scored over HTTP is prepared exactly as training prepared CIFAKE.

@@ -418,15 +418,16 @@ def test_columns_besides_image_are_dropped_by_mlflow(server: Server, jpegs: list
     assert served(server, extra).equals(alone)
 
 
-def test_upstream_mlflow_answers_500_to_no_content_type_and_deep_json(
+def test_upstream_mlflow_answers_to_no_content_type_deep_json_and_broken_json(
     server: Server, jpegs: list[bytes]
 ) -> None:
     """Known behaviour of MLflow 3.17.2's scoring server, documented in docs/serving.md.
 
     A request without Content-Type fails in MLflow's content-type parsing (AttributeError) and
     JSON nested 100,000 deep in its JSON decoding (RecursionError), both before the model is
-    called: a plain 500, no traceback in the reply, and the server keeps serving. When this test
-    fails, an MLflow upgrade changed that: update the docs and this test.
+    called: a plain 500, no traceback in the reply, and the server keeps serving. A body that
+    is not JSON is answered 400 with the body repeated. When this test fails, an MLflow upgrade
+    changed that: update the docs and this test.
     """
     good = encode(jpegs[0])
     body = json.dumps(split(good)).encode()
@@ -435,6 +436,10 @@ def test_upstream_mlflow_answers_500_to_no_content_type_and_deep_json(
     deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     status, reply = raw_post(server.url, deep, {"Content-Type": "application/json"})
     assert_short_clean_answer(status, reply, 500)
+    # A body that is not JSON: MLflow's 400 repeats the whole body after "Input:".
+    broken = b'{"inputs": ' + b"x" * 100_000
+    status, reply = raw_post(server.url, broken, {"Content-Type": "application/json"})
+    assert status == 400 and len(reply) > 100_000 and b"Input:" in reply
     assert len(served(server, split(good))) == 1, "the server must keep serving"
 
 
