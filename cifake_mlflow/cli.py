@@ -288,6 +288,62 @@ def predict(
             raise click.ClickException(str(exc)) from None
 
 
+@main.command("predict-spark")
+@click.argument("inputs", nargs=-1, required=True, metavar="PATHS...")
+@click.option("-o", "--output", required=True, help="output folder (local, hdfs://, s3://...)")
+@click.option(
+    "--model-uri", default="models:/cifake-detector@champion", show_default=True,
+    help="any MLflow model URI; an alias is pinned to its version when the job starts",
+)  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet",
+              show_default=True)  # fmt: skip
+@click.option("--master", default=None,
+              help="Spark master (default: Spark's own configuration, else local[*])")  # fmt: skip
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 1024),
+              help="files per model call inside each partition")  # fmt: skip
+@click.option("--commit-every", default=20_000, show_default=True, type=click.IntRange(1),
+              help="files per committed write: what a killed job can lose at most")  # fmt: skip
+def predict_spark(
+    inputs: tuple[str, ...],
+    output: str,
+    model_uri: str,
+    fmt: str,
+    master: str | None,
+    batch_size: int,
+    commit_every: int,
+) -> None:
+    """Score image files under PATHS on Apache Spark: one row per file in OUTPUT.
+
+    PATHS are folders (searched recursively), files or globs that Spark can read. Rows are
+    cifake predict's (path, prob_fake, label, error) plus model_version. A broken file gets
+    its error in its row; the job goes on. Run again with the same PATHS and OUTPUT to score
+    only the files not yet there (after a crash, or when new files arrived). Needs the Spark
+    extra (pip install -e ".[spark]") and Java 17+; under spark-submit, the master is
+    spark-submit's.
+
+    \b
+      cifake predict-spark photos/ -o scores.parquet
+      cifake predict-spark 's3a://bucket/images/*/' -o s3a://bucket/scores --master yarn
+    """
+    try:
+        from cifake_mlflow import spark_scoring as job
+    except ImportError as exc:
+        raise click.ClickException(
+            f"{exc}; install the Spark extra: pip install -e '.[spark]'"
+        ) from None
+    from cifake_mlflow import tracking
+
+    tracking.tracking_uri()
+    spark = job.spark_session(master)
+    try:
+        summary = job.run_job(
+            spark, list(inputs), output, model_uri, fmt, batch_size, commit_every, click.echo
+        )
+    except job.SparkJobError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(job.summary_line(summary))
+
+
 @main.command()
 @options_for(EvalConfig)
 def evaluate(**options: str | None) -> None:

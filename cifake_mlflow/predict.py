@@ -76,8 +76,8 @@ def local_scorer(model_uri: str, threshold: float | None = None) -> Scorer:
     def scorer(files: list[bytes]) -> pd.DataFrame:
         try:
             return model.predict(frame(files), params=params)
-        except MlflowException as exc:
-            raise BadFile(exc.message.rsplit("Error: ", 1)[-1]) from None
+        except MlflowException as exc:  # in-process, the model's own message, unprefixed
+            raise BadFile(exc.message) from None
 
     return scorer
 
@@ -89,35 +89,41 @@ def predict_rows(
     with tqdm(total=len(files), unit="img", desc="scoring", disable=not progress) as bar:
         for start in range(0, len(files), batch_size):
             batch = list(files[start : start + batch_size])
-            yield _score_batch(batch, scorer)
+            yield score_files([str(p) for p in batch], [p.read_bytes() for p in batch], scorer)
             bar.update(len(batch))
 
 
-def _score_batch(batch: list[Path], scorer: Scorer) -> list[dict[str, Any]]:
+def score_files(names: list[str], files: list[bytes], scorer: Scorer) -> list[dict[str, Any]]:
+    """One row per file (``FIELDS``), in order; a file the scorer refuses gets an error row.
+
+    The batch is scored in one call; when it is refused, its files are scored one at a time,
+    so one broken file costs only its own row. Every batch scorer (``cifake predict`` and the
+    Spark job) goes through here, so a file gets the same row on each.
+    """
     try:
-        answer = scorer([p.read_bytes() for p in batch])
+        answer = scorer(files)
     except BadFile as exc:
-        if len(batch) == 1:
-            return [_error_row(batch[0], exc)]
-        return [_score_one(p, scorer) for p in batch]
-    return [_row(p, a) for p, a in zip(batch, answer.to_dict("records"), strict=True)]
+        if len(files) == 1:
+            return [_error_row(names[0], exc)]
+        return [_score_one(name, data, scorer) for name, data in zip(names, files, strict=True)]
+    return [_row(n, a) for n, a in zip(names, answer.to_dict("records"), strict=True)]
 
 
-def _score_one(path: Path, scorer: Scorer) -> dict[str, Any]:
+def _score_one(name: str, data: bytes, scorer: Scorer) -> dict[str, Any]:
     try:
-        return _row(path, scorer([path.read_bytes()]).to_dict("records")[0])
+        return _row(name, scorer([data]).to_dict("records")[0])
     except BadFile as exc:
-        return _error_row(path, exc)
+        return _error_row(name, exc)
 
 
-def _error_row(path: Path, exc: BadFile) -> dict[str, Any]:
+def _error_row(name: str, exc: BadFile) -> dict[str, Any]:
     message = str(exc).removeprefix("item 0: ")
-    return {"path": str(path), "prob_fake": None, "label": None, "error": message}
+    return {"path": name, "prob_fake": None, "label": None, "error": message}
 
 
-def _row(path: Path, answer: dict[str, Any]) -> dict[str, Any]:
+def _row(name: str, answer: dict[str, Any]) -> dict[str, Any]:
     return {
-        "path": str(path),
+        "path": name,
         "prob_fake": float(answer["prob_fake"]),
         "label": answer["label"],
         "error": "",
