@@ -117,3 +117,30 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "cifake-test.tar.gz").is_file():
         pytest.skip(f"real CIFAKE not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def register_small_champion(work: Path, seed: int, epochs: int, model: str) -> None:
+    """Train a detector briefly on generated images and make it ``model``'s champion."""
+    import mlflow
+
+    from cifake_mlflow import registry
+    from cifake_mlflow.config import TrainConfig
+    from cifake_mlflow.workflow import prepare_data, train_and_log
+
+    data = write_cifake(work / "cifake", {"train": 60, "test": 8}, seed=seed)
+    cfg = TrainConfig(data=str(data), weights="none", image_size=32, epochs=epochs, batch_size=16)
+    summary = train_and_log(cfg, verbose=0)
+    ds, splits = prepare_data(cfg)
+    model_uri = mlflow.get_run(summary.run_id).data.tags["model_uri"]
+    registry.register_and_gate(model_uri, model, ds.images[splits.val], ds.labels[splits.val])
+
+
+def small_champion_store(
+    factory: pytest.TempPathFactory, tag: str, seed: int, epochs: int, model: str
+) -> Iterator[Path]:
+    """For a module's ``store`` fixture: a work folder with a sqlite registry whose ``model``
+    has a briefly trained champion; the store is in use until the module ends."""
+    work = factory.mktemp(tag)
+    with module_store(work):
+        register_small_champion(work, seed=seed, epochs=epochs, model=model)
+        yield work

@@ -24,16 +24,19 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import SHARED_DATA, jpeg_bytes, module_store, synthetic_image, write_cifake
+from conftest import (
+    SHARED_DATA,
+    jpeg_bytes,
+    small_champion_store,
+    synthetic_image,
+)
 from PIL import Image
 
-from cifake_mlflow import registry, serving
+from cifake_mlflow import serving
 from cifake_mlflow.cli import main
-from cifake_mlflow.config import TrainConfig
 from cifake_mlflow.payload import MAX_BATCH, MAX_REQUEST_PIXELS, frame
 from cifake_mlflow.preprocess import MAX_PIXELS, SUPPORTED_FORMATS, decode_image
 from cifake_mlflow.serving import Server, ServingError, encode, post
-from cifake_mlflow.workflow import prepare_data, train_and_log
 
 MODEL = "cifake-detector"
 
@@ -41,15 +44,7 @@ MODEL = "cifake-detector"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A sqlite registry whose champion is a briefly trained detector; the work folder."""
-    work = tmp_path_factory.mktemp("serving")
-    with module_store(work):
-        data = write_cifake(work / "cifake", {"train": 60, "test": 8}, seed=5)
-        cfg = TrainConfig(data=str(data), weights="none", image_size=32, epochs=2, batch_size=16)
-        summary = train_and_log(cfg, verbose=0)
-        ds, splits = prepare_data(cfg)
-        model_uri = mlflow.get_run(summary.run_id).data.tags["model_uri"]
-        registry.register_and_gate(model_uri, MODEL, ds.images[splits.val], ds.labels[splits.val])
-        yield work
+    yield from small_champion_store(tmp_path_factory, "serving", seed=5, epochs=2, model=MODEL)
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,15 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import SHARED_DATA, jpeg_bytes, module_store, synthetic_image, write_cifake
+from conftest import (
+    SHARED_DATA,
+    jpeg_bytes,
+    small_champion_store,
+    synthetic_image,
+)
 
-from cifake_mlflow import registry
 from cifake_mlflow.cli import main
-from cifake_mlflow.config import TrainConfig
 from cifake_mlflow.predict import find_images, local_scorer, predict_rows
-from cifake_mlflow.workflow import prepare_data, train_and_log
 
 pyspark = pytest.importorskip("pyspark", reason="the Spark extra: pip install -e '.[spark]'")
 spark_scoring = pytest.importorskip("cifake_mlflow.spark_scoring")
@@ -36,15 +38,7 @@ IMAGES = 300  # real CIFAKE test JPEGs (half REAL, half FAKE)
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A sqlite registry whose champion is a briefly trained detector; the work folder."""
-    work = tmp_path_factory.mktemp("spark")
-    with module_store(work):
-        data = write_cifake(work / "cifake", {"train": 60, "test": 8}, seed=9)
-        cfg = TrainConfig(data=str(data), weights="none", image_size=32, epochs=1, batch_size=16)
-        summary = train_and_log(cfg, verbose=0)
-        ds, splits = prepare_data(cfg)
-        model_uri = mlflow.get_run(summary.run_id).data.tags["model_uri"]
-        registry.register_and_gate(model_uri, MODEL, ds.images[splits.val], ds.labels[splits.val])
-        yield work
+    yield from small_champion_store(tmp_path_factory, "spark", seed=9, epochs=1, model=MODEL)
 
 
 @pytest.fixture(scope="module")
