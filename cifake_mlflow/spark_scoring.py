@@ -105,11 +105,9 @@ def already_scored(spark: SparkSession, output: str, fmt: str) -> set[str]:
     """Paths the output already holds rows for (empty when it does not exist yet)."""
     if not _exists(spark, output):
         return set()
-    reader = spark.read.format(fmt)
-    if fmt == "csv":
-        reader = reader.option("header", True).schema(OUTPUT_SCHEMA)
     try:
-        return {row.path for row in reader.load(output).select("path").distinct().collect()}
+        scores = _scores_reader(spark, fmt).load(output)
+        return {row.path for row in scores.select("path").distinct().collect()}
     except Exception as exc:
         raise SparkJobError(
             f"{output} exists but cannot be read as {fmt} scores ({_first_line(exc)}); "
@@ -245,7 +243,12 @@ def summary_line(summary: JobSummary) -> str:
 
 def read_scores(spark: SparkSession, output: str, fmt: str = "parquet") -> Any:
     """The output as one pandas DataFrame (for checks and small outputs)."""
+    return _scores_reader(spark, fmt).load(output).toPandas()
+
+
+def _scores_reader(spark: SparkSession, fmt: str) -> Any:
+    """A reader of the job's output in ``fmt`` (CSV: with its header and the output schema)."""
     reader = spark.read.format(fmt)
     if fmt == "csv":
         reader = reader.option("header", True).schema(OUTPUT_SCHEMA)
-    return reader.load(output).toPandas()
+    return reader
