@@ -48,8 +48,8 @@ def build(image_size: int, unfrozen: int | None, policy: str):
     """Our detector under a dtype policy, compiled as training compiles it on a GPU (XLA)."""
     import keras
 
-    from cifake_mlflow.config import TrainConfig
-    from cifake_mlflow.model import build_model
+    from cifake_mlflow.modeling.mobilenet import build_model
+    from cifake_mlflow.training.config import TrainConfig
 
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy(policy)

@@ -39,8 +39,8 @@ def peak_mb(pid: int) -> float:
 
 
 def run(data: Path, quick: bool = False, seconds: float | None = None) -> dict[str, dict]:
-    from cifake_mlflow.data import load_dataset
-    from cifake_mlflow.tracking import STARTUP_LINE
+    from cifake_mlflow.data.dataset import load_dataset
+    from cifake_mlflow.tracking.runs import STARTUP_LINE
 
     seconds = seconds or (5.0 if quick else 120.0)
     cache = Path(os.environ.get("CIFAKE_CACHE_DIR", Path.home() / ".cache" / "cifake-mlflow"))

@@ -38,8 +38,9 @@ def study(data: Path, work: Path, pruner: str, trials: int, epochs: int) -> tupl
     """
     import optuna
 
-    from cifake_mlflow.config import TrainConfig, TuneConfig
-    from cifake_mlflow.tuning import run_study
+    from cifake_mlflow.training.config import TrainConfig
+    from cifake_mlflow.tuning.config import TuneConfig
+    from cifake_mlflow.tuning.study import run_study
 
     base = TrainConfig(
         data=str(data), weights="none", image_size=32, epochs=epochs, batch_size=64,

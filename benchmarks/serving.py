@@ -34,8 +34,8 @@ def worst_request() -> list[bytes]:
     """The costliest request the limits pass: 16-bit PNGs of the largest allowed size."""
     from PIL import Image
 
-    from cifake_mlflow.payload import MAX_REQUEST_PIXELS
-    from cifake_mlflow.preprocess import MAX_PIXELS
+    from cifake_mlflow.data.decode import MAX_PIXELS
+    from cifake_mlflow.serving.payload import MAX_REQUEST_PIXELS
 
     side = int(MAX_PIXELS**0.5)
     buffer = io.BytesIO()
@@ -47,8 +47,8 @@ def run(model_uri: str, data: Path, quick: bool = False) -> dict[str, dict]:
     """Measure; returns results.json entries."""
     import mlflow
 
-    from cifake_mlflow.payload import frame
-    from cifake_mlflow.serving import Server, score
+    from cifake_mlflow.serving.server import Server, score
+    from cifake_mlflow.tracking.schema import frame
 
     files, _ = test_jpegs(data, 128)
     single_repeats = 50 if quick else 300

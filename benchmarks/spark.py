@@ -31,8 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def run(model_uri: str, data: Path, images: int) -> dict[str, dict]:
     """Measure; returns results.json entries."""
-    from cifake_mlflow import spark_scoring
-    from cifake_mlflow.predict import find_images, local_scorer, predict_rows
+    from cifake_mlflow.serving import spark as spark_scoring
+    from cifake_mlflow.serving.batch import find_images, local_scorer, predict_rows
 
     files, _ = test_jpegs(data, images // 2)
     work = Path(tempfile.mkdtemp(prefix="cifake-spark-bench-"))

@@ -42,7 +42,7 @@ def startup_seconds(data: Path, work: Path, cache: Path, name: str) -> float:
     """
     import mlflow
 
-    from cifake_mlflow.tracking import STARTUP_LINE
+    from cifake_mlflow.tracking.runs import STARTUP_LINE
 
     uri = f"sqlite:///{work / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CIFAKE_CACHE_DIR": str(cache)}

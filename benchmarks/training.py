@@ -49,9 +49,9 @@ def reference_flow(folder: Path):
 
 def our_dataset(folder: Path, cache: Path):
     """Our training pipeline over the same files (decoded once into the cache)."""
-    from cifake_mlflow.config import TrainConfig
-    from cifake_mlflow.data import load_dataset
-    from cifake_mlflow.pipeline import augmenter, make_dataset
+    from cifake_mlflow.data.dataset import load_dataset
+    from cifake_mlflow.data.pipeline import augmenter, make_dataset
+    from cifake_mlflow.training.config import TrainConfig
 
     ds = load_dataset(folder, cache, progress=False)
     train = ds.indices("train")
@@ -103,9 +103,9 @@ def reference_model():
 
 def our_model():
     """Our detector in the reference configuration, compiled as training compiles it."""
-    from cifake_mlflow.config import TrainConfig
-    from cifake_mlflow.model import build_model
-    from cifake_mlflow.train import compile_model
+    from cifake_mlflow.modeling.mobilenet import build_model
+    from cifake_mlflow.training.config import TrainConfig
+    from cifake_mlflow.training.fit import compile_model
 
     cfg = TrainConfig(weights="none", image_size=SIZE, unfrozen_layers=30, batch_size=BATCH)
     model = build_model(cfg)

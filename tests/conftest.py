@@ -124,8 +124,8 @@ def register_small_champion(work: Path, seed: int, epochs: int, model: str) -> N
     import mlflow
 
     from cifake_mlflow import registry
-    from cifake_mlflow.config import TrainConfig
-    from cifake_mlflow.workflow import prepare_data, train_and_log
+    from cifake_mlflow.training.config import TrainConfig
+    from cifake_mlflow.training.run import prepare_data, train_and_log
 
     data = write_cifake(work / "cifake", {"train": 60, "test": 8}, seed=seed)
     cfg = TrainConfig(data=str(data), weights="none", image_size=32, epochs=epochs, batch_size=16)

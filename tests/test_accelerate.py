@@ -16,9 +16,10 @@ import pytest
 import tensorflow as tf
 from conftest import ROOT, write_cifake
 
-from cifake_mlflow import accelerate
-from cifake_mlflow.config import ConfigError, TrainConfig
-from cifake_mlflow.model import build_model
+from cifake_mlflow.config import ConfigError
+from cifake_mlflow.modeling.mobilenet import build_model
+from cifake_mlflow.training import accelerate
+from cifake_mlflow.training.config import TrainConfig
 
 
 def test_auto_is_off_on_cpu_and_switches_are_explicit() -> None:
@@ -71,8 +72,8 @@ def test_mirrored_strategy_trains_over_two_devices(tmp_path: Path) -> None:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import mlflow
-        from cifake_mlflow.config import TrainConfig
-        from cifake_mlflow.workflow import train_and_log
+        from cifake_mlflow.training.config import TrainConfig
+        from cifake_mlflow.training.run import train_and_log
         mlflow.set_tracking_uri("sqlite:///{tmp_path}/mlflow.db")
         cfg = TrainConfig(data="{data}", weights="none", image_size=32, epochs=3, batch_size=8,
                           val_fraction=0.25, distribute="mirrored", cache_dir="{tmp_path}/cache")
@@ -105,7 +106,7 @@ def test_mirrored_strategy_trains_over_two_devices(tmp_path: Path) -> None:
 def test_xla_compiled_training_runs(tracking: str, cache_dir: Path, tmp_path: Path) -> None:
     import mlflow
 
-    from cifake_mlflow.workflow import train_and_log
+    from cifake_mlflow.training.run import train_and_log
 
     data = write_cifake(tmp_path / "cifake", {"train": 32, "test": 8}, seed=4)
     cfg = TrainConfig(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cifake_mlflow import calibration, metrics
+from cifake_mlflow.evaluation import calibration, metrics
 
 
 def over_confident(n: int = 4000, sharpen: float = 3.0, seed: int = 0):

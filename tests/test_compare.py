@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from cifake_mlflow import compare
 from cifake_mlflow.cli import main
+from cifake_mlflow.tracking import compare
 
 
 def logged_run(name: str, accuracy: float, seconds: float) -> str:

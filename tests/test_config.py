@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifake_mlflow.config import MOBILENETV2_DEPTH, ConfigError, TrainConfig, parse_value
+from cifake_mlflow.config import ConfigError, parse_value
+from cifake_mlflow.training.config import MOBILENETV2_DEPTH, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELD_NAMES = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -243,7 +244,11 @@ def test_mlproject_defaults_match_config(main_entry: dict) -> None:
     config = TrainConfig()
     for name, spec in main_entry["parameters"].items():
         text = str(spec["default"])
-        assert parse_value(name, text) == getattr(config, name), (name, text, defaults[name])
+        assert parse_value(name, text, TrainConfig) == getattr(config, name), (
+            name,
+            text,
+            defaults[name],
+        )
     params = {name: str(spec["default"]) for name, spec in main_entry["parameters"].items()}
     assert TrainConfig.from_strings(params) == config
 
@@ -271,7 +276,7 @@ def test_mlproject_command_passes_every_field(main_entry: dict) -> None:
     ],
 )
 def test_tune_config_refuses_bad_values(changes: dict, name: str) -> None:
-    from cifake_mlflow.config import TuneConfig
+    from cifake_mlflow.tuning.config import TuneConfig
 
     with pytest.raises(ConfigError) as info:
         TuneConfig(**changes)

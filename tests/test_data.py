@@ -15,8 +15,8 @@ import pytest
 from conftest import jpeg_bytes, synthetic_image, write_cifake
 from PIL import Image
 
-import cifake_mlflow.data as data_module
-from cifake_mlflow.data import (
+from cifake_mlflow.data import dataset as data_module
+from cifake_mlflow.data.dataset import (
     CLASSES,
     SPLITS,
     DataError,

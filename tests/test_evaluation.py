@@ -14,13 +14,16 @@ from click.testing import CliRunner
 from conftest import module_store, write_cifake
 from mlflow.tracking import MlflowClient
 
-from cifake_mlflow import calibration, compare, explain, registry, robustness, tracking
-from cifake_mlflow.calibration import Calibration
+from cifake_mlflow import registry, tracking
 from cifake_mlflow.cli import main
-from cifake_mlflow.config import TrainConfig
-from cifake_mlflow.model import build_model
-from cifake_mlflow.payload import frame
-from cifake_mlflow.workflow import prepare_data, train_and_log
+from cifake_mlflow.data import perturbations
+from cifake_mlflow.evaluation import calibration, gradcam
+from cifake_mlflow.evaluation.calibration import Calibration
+from cifake_mlflow.modeling.mobilenet import build_model
+from cifake_mlflow.tracking import compare
+from cifake_mlflow.tracking.schema import frame
+from cifake_mlflow.training.config import TrainConfig
+from cifake_mlflow.training.run import prepare_data, train_and_log
 
 MODEL = "det"
 
@@ -101,7 +104,7 @@ def test_evaluate_logs_everything_in_one_run(store: dict) -> None:
     assert m["test_accuracy_ci_low"] <= m["test_accuracy"] <= m["test_accuracy_ci_high"]
     assert (params["images"], params["dedup_images"]) == ("25", "24")  # the leak is left out
     assert m["test_fake_support"] == 13 and m["test_dedup_fake_support"] == 12
-    for name in robustness.DEFAULT_SUITE:
+    for name in perturbations.DEFAULT_SUITE:
         for metric in ("accuracy", "roc_auc", "fpr"):
             assert f"robust_{name}_{metric}" in m, (name, metric)
     artifacts = {
@@ -126,7 +129,7 @@ def test_evaluate_logs_everything_in_one_run(store: dict) -> None:
     table = CliRunner().invoke(main, ["compare", run_id, "--no-reference"]).output.splitlines()
     labels = [line.split(" | ")[0].removeprefix("| ") for line in table[2:]]
     assert set(labels) == {label for label, _ in compare.ROWS} | {
-        f"accuracy after {name}" for name in robustness.DEFAULT_SUITE
+        f"accuracy after {name}" for name in perturbations.DEFAULT_SUITE
     }
 
 
@@ -154,7 +157,7 @@ def test_evaluate_explains_a_bad_split_and_skips_robustness(store: dict) -> None
 def test_grad_cam_of_a_trained_model_is_an_input_sized_map(store: dict) -> None:
     network = keras.models.load_model(tracking.keras_model_path(store["summary"].model_uri))
     images = store["ds"].images[:12]
-    maps = explain.grad_cam(network, images)
+    maps = gradcam.grad_cam(network, images)
     assert maps.shape == (12, 32, 32)
     assert maps.min() >= 0 and maps.max() <= 1
     varied = np.ptp(maps.reshape(12, -1), axis=1) > 0
@@ -167,9 +170,9 @@ def test_grad_cam_of_a_flip_tta_model_explains_the_image_as_given(store: dict) -
     tta = build_model(store["cfg"].replace(tta="flip"))
     tta.set_weights(network.get_weights())
     images = store["ds"].images[:6]
-    maps = explain.grad_cam(tta, images)
+    maps = gradcam.grad_cam(tta, images)
     assert maps.shape == (6, 32, 32)
-    np.testing.assert_allclose(maps, explain.grad_cam(network, images), atol=1e-5)
+    np.testing.assert_allclose(maps, gradcam.grad_cam(network, images), atol=1e-5)
 
 
 def test_explain_writes_an_overlay_per_image(store: dict) -> None:

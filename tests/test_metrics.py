@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
-from cifake_mlflow import metrics
-from cifake_mlflow.metrics import (
+from cifake_mlflow.evaluation import metrics
+from cifake_mlflow.evaluation.metrics import (
     CLASS_NAMES,
     classification_table,
     confusion,

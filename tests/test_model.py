@@ -10,12 +10,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras.src.backend import config as keras_config
 from keras.src.legacy.saving import legacy_h5_format
 
-from cifake_mlflow import model as model_module
-from cifake_mlflow.config import MOBILENETV2_DEPTH, TrainConfig
-from cifake_mlflow.model import (
+from cifake_mlflow.modeling import mobilenet as model_module
+from cifake_mlflow.modeling.mobilenet import (
     BASE_NAME,
     STEM_LAYER,
     FusedBatchNormalization,
@@ -26,7 +24,8 @@ from cifake_mlflow.model import (
     imagenet_weights_file,
     warm_start,
 )
-from cifake_mlflow.train import BatchNormCalibrator
+from cifake_mlflow.training.config import MOBILENETV2_DEPTH, TrainConfig
+from cifake_mlflow.training.fit import BatchNormCalibrator
 
 
 def small(**changes: object) -> TrainConfig:
@@ -138,7 +137,7 @@ def test_imagenet_uses_a_locally_cached_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The Keras download path, exercised offline through its local cache."""
-    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "keras"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     target = imagenet_weights_file(96)
     target.parent.mkdir(parents=True)
     keras.utils.set_random_seed(2)
@@ -155,7 +154,7 @@ def test_imagenet_uses_a_locally_cached_file(
 def test_imagenet_offline_fails_fast_with_alternatives(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
     monkeypatch.setattr(model_module, "WEIGHTS_HOST", "unreachable.invalid")
     start = time.perf_counter()
     with pytest.raises(WeightsUnavailableError) as info:

@@ -10,7 +10,8 @@ import pytest
 from conftest import jpeg_bytes, synthetic_image
 from hostile import png16
 
-from cifake_mlflow.payload import (
+from cifake_mlflow.data.decode import MAX_PIXELS, decode_image
+from cifake_mlflow.serving.payload import (
     MAX_BATCH,
     MAX_REQUEST_PIXELS,
     BadInput,
@@ -20,7 +21,6 @@ from cifake_mlflow.payload import (
     threshold_from,
     to_pixels,
 )
-from cifake_mlflow.preprocess import MAX_PIXELS, decode_image
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_threshold_param_is_checked() -> None:
 def test_files_over_the_size_limit_are_refused_before_decoding(
     monkeypatch: pytest.MonkeyPatch, files: list[bytes]
 ) -> None:
-    from cifake_mlflow import payload
+    from cifake_mlflow.serving import payload
 
     monkeypatch.setattr(payload, "MAX_FILE_BYTES", 2**20)  # 1 MiB: the real 20 MiB is slow
     big = files[0] + b"\0" * 2**20  # a JPEG with trailing bytes: valid, but too large

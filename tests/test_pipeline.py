@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cifake_mlflow.config import TrainConfig
-from cifake_mlflow.pipeline import augmenter, make_dataset
+from cifake_mlflow.data.pipeline import augmenter, make_dataset
+from cifake_mlflow.training.config import TrainConfig
 
 
 def batch_sizes(count: int, batch: int, shuffle: bool) -> list[int]:

@@ -12,8 +12,8 @@ import pytest
 from conftest import jpeg_bytes, synthetic_image
 from PIL import Image
 
-import cifake_mlflow.preprocess as preprocess
-from cifake_mlflow.preprocess import ImageDecodeError, decode_image
+from cifake_mlflow.data import decode as preprocess
+from cifake_mlflow.data.decode import ImageDecodeError, decode_image
 
 RED = (220, 30, 30)
 BLUE = (30, 30, 220)

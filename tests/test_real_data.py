@@ -12,10 +12,10 @@ import mlflow
 import numpy as np
 import pytest
 
-from cifake_mlflow.config import TrainConfig
-from cifake_mlflow.data import load_dataset
-from cifake_mlflow.payload import frame
-from cifake_mlflow.workflow import prepare_data, train_and_log
+from cifake_mlflow.data.dataset import load_dataset
+from cifake_mlflow.tracking.schema import frame
+from cifake_mlflow.training.config import TrainConfig
+from cifake_mlflow.training.run import prepare_data, train_and_log
 
 #: Accuracy the native stem must gain over the standard one on 5,000 images and 3 epochs.
 #: Measured 2026-12-02: 0.8265 against 0.7200 (ROC-AUC 0.904 against 0.805); a third of that

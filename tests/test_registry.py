@@ -15,10 +15,10 @@ from sklearn.metrics import roc_auc_score
 
 from cifake_mlflow import registry, tracking
 from cifake_mlflow.cli import main
-from cifake_mlflow.config import TrainConfig
-from cifake_mlflow.model import build_model
-from cifake_mlflow.payload import MAX_BATCH, frame
-from cifake_mlflow.workflow import prepare_data, train_and_log
+from cifake_mlflow.modeling.mobilenet import build_model
+from cifake_mlflow.tracking.schema import MAX_BATCH, frame
+from cifake_mlflow.training.config import TrainConfig
+from cifake_mlflow.training.run import prepare_data, train_and_log
 
 
 @pytest.fixture

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifake_mlflow import robustness
-from cifake_mlflow.config import ConfigError, TrainConfig
-from cifake_mlflow.pipeline import make_dataset, robust_augmenter
+from cifake_mlflow.config import ConfigError
+from cifake_mlflow.data import perturbations
+from cifake_mlflow.data.pipeline import make_dataset, robust_augmenter
+from cifake_mlflow.training.config import TrainConfig
 
 #: libjpeg's standard luminance quantisation table (quality 50).
 IJG_LUMA = np.array(
@@ -38,12 +39,12 @@ def high_frequency_energy(images: np.ndarray) -> float:
 @pytest.mark.parametrize("quality", [90, 50, 25])
 def test_jpeg_quality_reads_back_from_the_file(quality: int) -> None:
     images = textured(2)
-    data = robustness.jpeg_bytes(images[0], quality)
+    data = perturbations.jpeg_bytes(images[0], quality)
     table = np.array(Image.open(io.BytesIO(data)).quantization[0])
     scale = 5000 / quality if quality < 50 else 200 - 2 * quality
     expected = np.clip((IJG_LUMA * scale + 50) // 100, 1, 255)
     assert sorted(table.tolist()) == sorted(expected.astype(int).tolist())
-    out = robustness.apply(f"jpeg{quality}", images)
+    out = perturbations.apply(f"jpeg{quality}", images)
     assert np.array_equal(out[0], np.asarray(Image.open(io.BytesIO(data))))
     assert not np.array_equal(out, images)
 
@@ -51,7 +52,7 @@ def test_jpeg_quality_reads_back_from_the_file(quality: int) -> None:
 def test_lower_jpeg_quality_loses_more() -> None:
     images = textured()
     errors = [
-        np.abs(robustness.apply(f"jpeg{q}", images).astype(int) - images).mean()
+        np.abs(perturbations.apply(f"jpeg{q}", images).astype(int) - images).mean()
         for q in (90, 50, 25)
     ]
     assert errors[0] < errors[1] < errors[2]
@@ -60,8 +61,8 @@ def test_lower_jpeg_quality_loses_more() -> None:
 def test_blur_removes_high_frequencies_and_keeps_brightness() -> None:
     images = textured()
     energy = high_frequency_energy(images)
-    soft = robustness.apply("blur0.5", images)
-    softer = robustness.apply("blur1", images)
+    soft = perturbations.apply("blur0.5", images)
+    softer = perturbations.apply("blur1", images)
     assert high_frequency_energy(softer) < high_frequency_energy(soft) < energy / 2
     assert abs(softer.mean() - images.mean()) < 1.0
 
@@ -69,19 +70,19 @@ def test_blur_removes_high_frequencies_and_keeps_brightness() -> None:
 @pytest.mark.parametrize("sigma", [0.02, 0.05])
 def test_noise_has_the_stated_standard_deviation(sigma: float) -> None:
     grey = np.full((8, 32, 32, 3), 128, np.uint8)  # mid-grey: no clipping
-    noisy = robustness.apply(f"noise{sigma}", grey, seed=1)
+    noisy = perturbations.apply(f"noise{sigma}", grey, seed=1)
     spread = (noisy.astype(np.float64) - 128).std() / 255
     assert spread == pytest.approx(sigma, rel=0.08)
-    assert np.array_equal(noisy, robustness.apply(f"noise{sigma}", grey, seed=1))
+    assert np.array_equal(noisy, perturbations.apply(f"noise{sigma}", grey, seed=1))
 
 
 def test_down_up_scaling_keeps_size_and_loses_detail() -> None:
     images = textured()
-    out = robustness.apply("downup0.5", images)
+    out = perturbations.apply("downup0.5", images)
     assert out.shape == images.shape
     assert high_frequency_energy(out) < high_frequency_energy(images) / 2
     flat = np.full((1, 32, 32, 3), 77, np.uint8)
-    assert np.array_equal(robustness.apply("downup0.5", flat), flat)
+    assert np.array_equal(perturbations.apply("downup0.5", flat), flat)
 
 
 def test_centred_crop_cuts_the_border_away() -> None:
@@ -89,28 +90,28 @@ def test_centred_crop_cuts_the_border_away() -> None:
     framed[..., 2] = 255  # blue inside
     framed[:, :2, :, :] = framed[:, -2:, :, :] = framed[:, :, :2, :] = framed[:, :, -2:, :] = 0
     framed[:, :2, :, 0] = framed[:, -2:, :, 0] = framed[:, :, :2, 0] = framed[:, :, -2:, 0] = 255
-    out = robustness.apply("crop0.875", framed)  # keeps the centre 28x28 of 32x32
+    out = perturbations.apply("crop0.875", framed)  # keeps the centre 28x28 of 32x32
     assert out.shape == framed.shape
     assert out[..., 0].max() == 0 and out[..., 2].min() == 255
 
 
 def test_names_are_checked() -> None:
-    assert robustness.parse_names("jpeg50, blur1,none") == ("jpeg50", "blur1")
-    assert robustness.parse_names("none") == ()
+    assert perturbations.parse_names("jpeg50, blur1,none") == ("jpeg50", "blur1")
+    assert perturbations.parse_names("none") == ()
     for bad in ("jpeg0", "jpeg50.5", "blur0", "noise1.5", "crop1", "sharpen2"):
         with pytest.raises(ValueError, match=bad.replace(".", r"\.")):
-            robustness.parse_names(bad)
+            perturbations.parse_names(bad)
     with pytest.raises(ConfigError, match="robust_augment"):
         TrainConfig(robust_augment="jpeg500")
 
 
 def test_augment_batch_rate_and_seed() -> None:
     images = textured(40)
-    untouched = robustness.augment_batch(images, ["blur1"], 0.0, np.random.default_rng(0))
+    untouched = perturbations.augment_batch(images, ["blur1"], 0.0, np.random.default_rng(0))
     assert np.array_equal(untouched, images)
-    all_blurred = robustness.augment_batch(images, ["blur1"], 1.0, np.random.default_rng(0))
-    assert np.array_equal(all_blurred, robustness.apply("blur1", images))
-    half = robustness.augment_batch(images, ["blur1", "jpeg25"], 0.5, np.random.default_rng(3))
+    all_blurred = perturbations.augment_batch(images, ["blur1"], 1.0, np.random.default_rng(0))
+    assert np.array_equal(all_blurred, perturbations.apply("blur1", images))
+    half = perturbations.augment_batch(images, ["blur1", "jpeg25"], 0.5, np.random.default_rng(3))
     changed = (half != images).reshape(len(images), -1).any(axis=1).mean()
     assert 0.2 < changed < 0.8
 
@@ -121,5 +122,5 @@ def test_training_pipeline_applies_the_robust_augmentation() -> None:
     cfg = TrainConfig(robust_augment="blur1", robust_augment_rate=1.0)
     batch, _ = next(iter(make_dataset(images, labels, 32, robust=robust_augmenter(cfg))))
     assert batch.dtype.name == "float32" and tuple(batch.shape) == (32, 32, 32, 3)
-    assert np.array_equal(batch.numpy().astype(np.uint8), robustness.apply("blur1", images))
+    assert np.array_equal(batch.numpy().astype(np.uint8), perturbations.apply("blur1", images))
     assert robust_augmenter(TrainConfig()) is None

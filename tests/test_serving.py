@@ -32,11 +32,12 @@ from conftest import (
 )
 from PIL import Image
 
-from cifake_mlflow import serving
 from cifake_mlflow.cli import main
-from cifake_mlflow.payload import MAX_BATCH, MAX_REQUEST_PIXELS, frame
-from cifake_mlflow.preprocess import MAX_PIXELS, SUPPORTED_FORMATS, decode_image
-from cifake_mlflow.serving import Server, ServingError, encode, post
+from cifake_mlflow.data.decode import MAX_PIXELS, SUPPORTED_FORMATS, decode_image
+from cifake_mlflow.serving import server as serving
+from cifake_mlflow.serving.payload import MAX_REQUEST_PIXELS
+from cifake_mlflow.serving.server import Server, ServingError, encode, post
+from cifake_mlflow.tracking.schema import MAX_BATCH, frame
 
 MODEL = "cifake-detector"
 

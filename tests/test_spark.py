@@ -25,10 +25,10 @@ from conftest import (
 )
 
 from cifake_mlflow.cli import main
-from cifake_mlflow.predict import find_images, local_scorer, predict_rows
+from cifake_mlflow.serving.batch import find_images, local_scorer, predict_rows
 
 pyspark = pytest.importorskip("pyspark", reason="the Spark extra: pip install -e '.[spark]'")
-spark_scoring = pytest.importorskip("cifake_mlflow.spark_scoring")
+spark_scoring = pytest.importorskip("cifake_mlflow.serving.spark")
 
 MODEL = "cifake-detector"
 URI = f"models:/{MODEL}@champion"

@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from conftest import ROOT, write_cifake
 from mlflow.tracking import MlflowClient
 
-from cifake_mlflow.calibration import apply_temperature
 from cifake_mlflow.cli import main
-from cifake_mlflow.config import TrainConfig
-from cifake_mlflow.data import load_dataset
-from cifake_mlflow.payload import frame
+from cifake_mlflow.data.dataset import load_dataset
+from cifake_mlflow.evaluation.calibration import apply_temperature
+from cifake_mlflow.tracking.schema import frame
+from cifake_mlflow.training.config import TrainConfig
 
 EPOCH_METRICS = (
     "loss",
@@ -216,7 +216,7 @@ def test_failed_training_marks_the_run_failed(
 
     That includes ``startup_seconds``, logged the moment the first step ended.
     """
-    from cifake_mlflow.workflow import train_and_log
+    from cifake_mlflow.training.run import train_and_log
 
     class Boom(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:

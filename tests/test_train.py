@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from cifake_mlflow.config import TrainConfig
-from cifake_mlflow.model import build_model
-from cifake_mlflow.pipeline import make_dataset
-from cifake_mlflow.train import fit
+from cifake_mlflow.data.pipeline import make_dataset
+from cifake_mlflow.modeling.mobilenet import build_model
+from cifake_mlflow.training.config import TrainConfig
+from cifake_mlflow.training.fit import fit
 
 
 def test_fit_traces_the_training_step_once() -> None:

@@ -18,9 +18,10 @@ import pytest
 from conftest import ROOT, write_cifake
 from mlflow.tracking import MlflowClient
 
-from cifake_mlflow.config import TrainConfig, TuneConfig
-from cifake_mlflow.registry import CHAMPION
-from cifake_mlflow.tuning import (
+from cifake_mlflow.registry.gate import CHAMPION
+from cifake_mlflow.training.config import TrainConfig
+from cifake_mlflow.tuning.config import TuneConfig
+from cifake_mlflow.tuning.study import (
     RUN_ID_ATTR,
     TuningError,
     load_search_space,
@@ -431,7 +432,7 @@ def log_concurrently(run_ids: list[str], meta: object, attempts: int) -> list[Ex
     """Every run logs ``meta`` at the same instant (one thread each); the errors raised."""
     import threading
 
-    from cifake_mlflow.tracking import log_input_once
+    from cifake_mlflow.tracking.runs import log_input_once
 
     barrier, errors = threading.Barrier(len(run_ids)), []
 
@@ -516,7 +517,7 @@ def test_a_study_that_logs_no_models_cannot_register(
 def test_an_interrupt_swallowed_inside_the_block_still_stops_the_work() -> None:
     """Python drops an exception raised in a destructor: a Ctrl-C that lands during garbage
     collection must still end the run (as KILLED) when its block is over, not be lost."""
-    from cifake_mlflow.workflow import signals_as_interrupt
+    from cifake_mlflow.training.run import signals_as_interrupt
 
     with pytest.raises(KeyboardInterrupt), signals_as_interrupt():
         try:

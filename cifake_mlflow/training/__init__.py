@@ -1,0 +1,1 @@
+"""Stage 3, training: TrainConfig, fitting, and one tracked training run."""

@@ -1,0 +1,1 @@
+"""Beside training: Optuna studies whose trials are tracked training runs."""
