@@ -16,5 +16,7 @@ CHAMPION_ALIAS = "champion"
 CHAMPION_URI = f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}"
 
 from cifake_mlflow import console as _console  # noqa: E402  (before TensorFlow loads)
+from cifake_mlflow import legacy as _legacy  # noqa: E402
 
 _console.install()
+_legacy.install()

@@ -29,6 +29,7 @@ class ConfigError(ValueError):
     def __init__(self, name: str, value: object, allowed: str) -> None:
         self.field = name
         self.value = value
+        self.allowed = allowed
         super().__init__(f"invalid {name}={value!r}: {allowed}")
 
 

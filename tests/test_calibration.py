@@ -7,6 +7,8 @@ import pytest
 
 from cifake_mlflow.evaluation import calibration, metrics
 
+pytestmark = pytest.mark.fast  # unit tests: the fast lane (pytest -m fast)
+
 
 def over_confident(n: int = 4000, sharpen: float = 3.0, seed: int = 0):
     """Labels drawn from true probabilities, and scores whose logits are ``sharpen`` x too big."""

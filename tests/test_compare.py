@@ -10,6 +10,8 @@ from mlflow.tracking import MlflowClient
 from cifake_mlflow.cli import main
 from cifake_mlflow.tracking import compare
 
+pytestmark = pytest.mark.fast  # unit tests: the fast lane (pytest -m fast)
+
 
 def logged_run(name: str, accuracy: float, seconds: float) -> str:
     with mlflow.start_run(run_name=name) as run:

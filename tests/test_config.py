@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import re
+import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
 
+from cifake_mlflow.cli import main
 from cifake_mlflow.config import ConfigError, parse_value
 from cifake_mlflow.training.config import MOBILENETV2_DEPTH, TrainConfig
+
+pytestmark = pytest.mark.fast  # unit tests: the fast lane (pytest -m fast)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELD_NAMES = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -229,38 +232,40 @@ def test_to_params_round_trips(cfg: TrainConfig) -> None:
 
 
 # -- MLproject ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def main_entry() -> dict:
-    project = yaml.safe_load((ROOT / "MLproject").read_text())
-    return project["entry_points"]["main"]
+def entry_point(name: str) -> Any:
+    """The entry point as MLflow itself reads it from the MLproject file."""
+    from mlflow.projects import _project_spec
+
+    return _project_spec.load_project(str(ROOT)).get_entry_point(name)
 
 
-def test_mlproject_declares_every_field(main_entry: dict) -> None:
-    assert set(main_entry["parameters"]) == set(FIELD_NAMES)
+def test_mlproject_is_short_and_declares_only_training_fields() -> None:
+    assert len((ROOT / "MLproject").read_text().splitlines()) < 60
+    declared = set(entry_point("main").parameters)
+    assert declared and declared <= set(FIELD_NAMES)
 
 
-def test_mlproject_defaults_match_config(main_entry: dict) -> None:
-    defaults = TrainConfig().to_params()
+def test_mlproject_defaults_match_config() -> None:
     config = TrainConfig()
-    for name, spec in main_entry["parameters"].items():
-        text = str(spec["default"])
-        assert parse_value(name, text, TrainConfig) == getattr(config, name), (
-            name,
-            text,
-            defaults[name],
-        )
-    params = {name: str(spec["default"]) for name, spec in main_entry["parameters"].items()}
-    assert TrainConfig.from_strings(params) == config
+    for name, param in entry_point("main").parameters.items():
+        assert parse_value(name, str(param.default), TrainConfig) == getattr(config, name), name
 
 
-def test_mlproject_command_passes_every_field(main_entry: dict) -> None:
-    command = main_entry["command"]
-    assert command.split()[:4] == ["python", "-m", "cifake_mlflow", "train"]
-    pairs = re.findall(r"--([a-z][a-z0-9-]*)\s+\{(\w+)\}", command)
-    assert len(pairs) == len(FIELD_NAMES)
-    assert dict(pairs) == {name.replace("_", "-"): name for name in FIELD_NAMES}
-    # nothing else is templated into the command
-    assert sorted(re.findall(r"\{(\w+)\}", command)) == sorted(FIELD_NAMES)
+def test_mlproject_passes_undeclared_options_on_to_the_cli(tmp_path: Path) -> None:
+    """MLflow renders an undeclared -P as --name value; the CLI reads it as its own option."""
+    command = entry_point("main").compute_command(
+        {"data": "some/data", "stem_stride": "1", "shift": "3", "tta": "flip"}, str(tmp_path)
+    )
+    args = shlex.split(command)
+    assert args[:4] == ["python", "-m", "cifake_mlflow", "train"]
+    assert "--stem_stride" in args and "--shift" in args
+    context = main.make_context("cifake", list(args[3:]), resilient_parsing=True)
+    name, command_obj, rest = main.resolve_command(context, list(args[3:]))
+    parsed = command_obj.make_context(name, rest, parent=context)
+    assert parsed.params["stem_stride"] == "1"
+    assert parsed.params["shift"] == "3"
+    assert parsed.params["tta"] == "flip"
+    assert parsed.params["data"] == "some/data"
 
 
 @pytest.mark.parametrize(
@@ -282,3 +287,37 @@ def test_tune_config_refuses_bad_values(changes: dict, name: str) -> None:
         TuneConfig(**changes)
     assert info.value.field == name
     assert name in str(info.value)
+
+
+# -- the CLI: one bad value of every kind of option, one line, exit 2 ---------------------------
+@pytest.mark.parametrize(
+    ("args", "option", "allowed"),
+    [
+        (["train", "--threshold", "model"], "--threshold", "a number (float)"),  # another's word
+        (["train", "--epochs", "ten"], "--epochs", "a number (int)"),
+        (["train", "--dropout", "1.5"], "--dropout", "[0, 1)"),
+        (["train", "--augment", "maybe"], "--augment", "true or false"),
+        (["train", "--lr-schedule", "wavy"], "--lr-schedule", "constant"),
+        (["train", "--unfrozen-layers", "many"], "--unfrozen-layers", "'auto'"),
+        (["train", "--target-fpr", "low"], "--target-fpr", "'none'"),
+        (["train", "--robust-augment", "blur9"], "--robust-augment", "blur parameter"),
+        (["train", "--weights", "nowhere.h5"], "--weights", "'imagenet', 'none'"),
+        (["train", "--alpha", "0.6", "--weights", "imagenet"], "--alpha", "0.35"),
+        (["evaluate", "--max-images", "few"], "--max-images", "'all'"),
+        (["evaluate", "--threshold", "auto"], "--threshold", "'model'"),
+        (["tune", "--pruner", "hyperband"], "--pruner", "median"),
+        (["tune", "--gate-metric", "robust_x_accuracy"], "--gate-metric", "not a transformation"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_option(
+    args: list[str], option: str, allowed: str
+) -> None:
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"Error: invalid {option} "), lines[0]
+    assert allowed in lines[0]
+    assert "Traceback" not in result.output

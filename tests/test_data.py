@@ -27,6 +27,8 @@ from cifake_mlflow.data.dataset import (
     make_splits,
 )
 
+pytestmark = pytest.mark.fast  # unit tests: the fast lane (pytest -m fast)
+
 PER_CLASS = {"train": 8, "test": 5}
 
 

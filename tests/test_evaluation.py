@@ -151,7 +151,7 @@ def test_evaluate_explains_a_bad_split_and_skips_robustness(store: dict) -> None
     params = mlflow.get_run(result.output.strip().splitlines()[-1].split()[-1]).data.params
     assert (params["images"], params["dedup_images"]) == ("25", "24")
     bad = CliRunner().invoke(main, [*args, "--transforms", "jpeg500"])
-    assert bad.exit_code != 0 and "invalid transforms='jpeg500'" in bad.output
+    assert bad.exit_code != 0 and "invalid --transforms 'jpeg500'" in bad.output
 
 
 def test_grad_cam_of_a_trained_model_is_an_input_sized_map(store: dict) -> None:

@@ -19,6 +19,8 @@ from cifake_mlflow.evaluation.metrics import (
     text_report,
 )
 
+pytestmark = pytest.mark.fast  # unit tests: the fast lane (pytest -m fast)
+
 ROWS = ("real", "fake", "macro_avg", "weighted_avg")
 COLUMNS = ("precision", "recall", "f1_score", "support")
 

@@ -12,15 +12,16 @@ from hostile import png16
 
 from cifake_mlflow.data.decode import MAX_PIXELS, decode_image
 from cifake_mlflow.serving.payload import (
-    MAX_BATCH,
     MAX_REQUEST_PIXELS,
     BadInput,
-    frame,
     images_from,
     items,
     threshold_from,
     to_pixels,
 )
+from cifake_mlflow.tracking.schema import MAX_BATCH, frame
+
+pytestmark = pytest.mark.fast  # unit tests: the fast lane (pytest -m fast)
 
 
 @pytest.fixture

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from cifake_mlflow.data.pipeline import augmenter, make_dataset
 from cifake_mlflow.training.config import TrainConfig
+
+pytestmark = pytest.mark.fast  # unit tests: the fast lane (pytest -m fast)
 
 
 def batch_sizes(count: int, batch: int, shuffle: bool) -> list[int]:

@@ -15,6 +15,8 @@ from PIL import Image
 from cifake_mlflow.data import decode as preprocess
 from cifake_mlflow.data.decode import ImageDecodeError, decode_image
 
+pytestmark = pytest.mark.fast  # unit tests: the fast lane (pytest -m fast)
+
 RED = (220, 30, 30)
 BLUE = (30, 30, 220)
 

@@ -13,6 +13,8 @@ from cifake_mlflow.data import perturbations
 from cifake_mlflow.data.pipeline import make_dataset, robust_augmenter
 from cifake_mlflow.training.config import TrainConfig
 
+pytestmark = pytest.mark.fast  # unit tests: the fast lane (pytest -m fast)
+
 #: libjpeg's standard luminance quantisation table (quality 50).
 IJG_LUMA = np.array(
     [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,

@@ -15,7 +15,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from click.testing import CliRunner
 from conftest import (
     SHARED_DATA,
@@ -172,12 +171,15 @@ def test_cli_predict_spark_writes_parquet(store: Path, images: Path, spark: obje
 
 def test_mlproject_predict_spark_entry_point_runs(store: Path, images: Path, spark: object) -> None:
     """The entry point's command, rendered as `mlflow run -e predict_spark` renders it, runs."""
-    project = yaml.safe_load((Path(__file__).resolve().parents[1] / "MLproject").read_text())
-    entry = project["entry_points"]["predict_spark"]
-    values = {k: v["default"] for k, v in entry["parameters"].items() if isinstance(v, dict)}
+    from mlflow.projects import _project_spec
+
+    root = Path(__file__).resolve().parents[1]
+    entry = _project_spec.load_project(str(root)).get_entry_point("predict_spark")
     out = store / "entry.csv"
-    values.update(inputs=str(images / "FAKE"), output=str(out), format="csv", master="local[2]")
-    args = shlex.split(entry["command"].format(**values))
+    # format and master are not declared: MLflow passes them on as --format csv --master ...
+    values = {"inputs": str(images / "FAKE"), "output": str(out), "format": "csv"}
+    values |= {"master": "local[2]", "model_uri": "models:/cifake-detector@champion"}
+    args = shlex.split(entry.compute_command(values, str(store)))
     assert args[:3] == ["python", "-m", "cifake_mlflow"]
     result = CliRunner().invoke(main, args[3:])
     assert result.exit_code == 0, result.output

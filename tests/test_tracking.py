@@ -182,6 +182,11 @@ def test_mlflow_run_entry_point(tracking: str, cache_dir: Path, small_cifake: Pa
         "batch_size=16",
         "-P",
         "learning_rate=1e-3",
+        # not declared in MLproject: passed through to `cifake train` as --shift 3
+        "-P",
+        "shift=3",
+        "-P",
+        "label_smoothing=0.05",
     ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "CIFAKE_CACHE_DIR": str(cache_dir)}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
@@ -190,6 +195,8 @@ def test_mlflow_run_entry_point(tracking: str, cache_dir: Path, small_cifake: Pa
     assert_complete_run(run, epochs=1)
     assert run.data.params["learning_rate"] == "1e-3"  # as given to mlflow run, not re-logged
     assert run.data.params["image_size"] == "32"
+    assert run.data.params["shift"] == "3"  # undeclared options arrive in the logged params
+    assert run.data.params["label_smoothing"] == "0.05"
     # A fresh process: start-up ends within the run, before its last minute of training.
     assert run.data.metrics["startup_seconds"] < (run.info.end_time - run.info.start_time) / 1e3
 
@@ -197,7 +204,7 @@ def test_mlflow_run_entry_point(tracking: str, cache_dir: Path, small_cifake: Pa
 def test_cli_refuses_bad_values_before_any_work(tracking: str, cifake_dir: Path) -> None:
     result = CliRunner().invoke(main, ["train", "--data", str(cifake_dir), "--dropout", "-0.1"])
     assert result.exit_code == 2
-    assert "dropout=-0.1" in result.output
+    assert "invalid --dropout -0.1" in result.output
     assert not Path("mlflow.db").exists()  # refused before the store was even opened
 
 

@@ -12,11 +12,18 @@ import click
 
 from cifake_mlflow.cli.data import data
 from cifake_mlflow.cli.evaluation import compare, evaluate, explain
+from cifake_mlflow.cli.options import normalize_token
 from cifake_mlflow.cli.serving import predict, predict_spark, serve
-from cifake_mlflow.cli.training import register, train, tune
+from cifake_mlflow.cli.training import quickstart, register, train, tune
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "max_content_width": 100,
+        "token_normalize_func": normalize_token,
+    }
+)
 @click.version_option(package_name="cifake-mlflow")
 def main() -> None:
     """Detect AI-generated images (CIFAKE) with MobileNetV2, tracked in MLflow.
@@ -26,7 +33,18 @@ def main() -> None:
     """
 
 
-for command in (train, tune, register, evaluate, explain, compare, serve, predict, data):
+for command in (
+    quickstart,
+    train,
+    tune,
+    register,
+    evaluate,
+    explain,
+    compare,
+    serve,
+    predict,
+    data,
+):
     main.add_command(command)
 main.add_command(predict_spark, "predict-spark")
 

@@ -32,14 +32,13 @@ def _metavar(name: str, cls: type) -> str:
 
 
 def options_for(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Add one ``--field-name`` (also ``--field_name``) option per field of config ``cls``."""
+    """Add one ``--field-name`` option per field of config ``cls`` (``--field_name`` works too:
+    see :func:`normalize_token`)."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         defaults = _defaults(cls)
         for f in reversed(dataclasses.fields(cls)):
             names = [f"--{f.name.replace('_', '-')}"]
-            if "_" in f.name:
-                names.append(f"--{f.name}")
             func = click.option(
                 *names,
                 f.name,
@@ -52,6 +51,12 @@ def options_for(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]
     return decorate
 
 
+def normalize_token(token: str) -> str:
+    """Option names as ``mlflow run`` passes undeclared parameters (``--stem_stride 1``) are
+    read as the CLI's own (``--stem-stride``), for every command."""
+    return token.replace("_", "-")
+
+
 @functools.cache
 def _defaults(cls: type) -> dict[str, str]:
     """A config's defaults as the CLI shows them (built once: every option asks)."""
@@ -61,12 +66,19 @@ def _defaults(cls: type) -> dict[str, str]:
 config_options = options_for(TrainConfig)
 
 
+class BadOption(click.ClickException):
+    """A bad option value: one line naming the option and what it takes, exit status 2."""
+
+    exit_code = 2
+
+
 def build_config(values: dict[str, str | None], cls: type = TrainConfig) -> Any:
-    """A config from option text; a bad value becomes a usage error naming it."""
+    """A config from option text; a bad value becomes a one-line usage error naming it."""
     try:
         return cls.from_strings(values)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        option = "--" + exc.field.replace("_", "-")
+        raise BadOption(f"invalid {option} {exc.value!r}: {exc.allowed}") from None
 
 
 def split_options(options: dict[str, str | None]) -> tuple[TrainConfig, TuneConfig]:

@@ -7,9 +7,8 @@ augmenting at 160 px and keeps the pipeline from ever being the bottleneck of tr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np

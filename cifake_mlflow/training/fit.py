@@ -7,7 +7,6 @@ stopping ever sees; the test split never reaches this module.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cifake_mlflow import console
 from cifake_mlflow.training.config import TrainConfig
 
 
@@ -189,7 +189,7 @@ def fit(
     )
     precise = [PreciseBatchNorm(calibration_data)] if calibration_data is not None else []
     if verbose is None:
-        verbose = 1 if sys.stdout.isatty() else 2
+        verbose = console.verbosity()
     start = time.perf_counter()
     stats = EpochStats()
     history = model.fit(
