@@ -86,6 +86,13 @@ UPSTREAM_WARNINGS = (
         # the explicit signature logged with the model is its contract.
         "mlflow#14235",
     ),
+    (
+        r".*(is an experimental feature|is experimental \(supported from)",
+        UserWarning,
+        # Optuna's ExperimentalWarning (a UserWarning) for features it has shipped for years:
+        # trial heartbeats, fail_stale_trials and the matplotlib plots a study logs.
+        "optuna ExperimentalWarning",
+    ),
 )
 
 

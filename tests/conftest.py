@@ -113,7 +113,7 @@ def module_store(work: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real CIFAKE archives in ../shared/data (skips when this checkout has none)."""
+    """The real CIFAKE archives at SHARED_DATA (skips when this checkout has none)."""
     if not (SHARED_DATA / "cifake-test.tar.gz").is_file():
         pytest.skip(f"real CIFAKE not found at {SHARED_DATA}")
     return SHARED_DATA

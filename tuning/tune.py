@@ -1,6 +1,6 @@
 """Thin entry point: run an Optuna study over the detector (same as `cifake tune`).
 
-    python tuning/tune.py --data ../shared/data --weights none --image-size 32 --n-trials 6 \
+    python tuning/tune.py --data PATH --weights none --image-size 32 --n-trials 6 \
         --search-space tuning/search_space_scratch.yaml
 
 All logic lives in cifake_mlflow.tuning; the search spaces are the YAML files beside this one.

@@ -24,7 +24,7 @@ def evaluate(**options: str | None) -> None:
     and a Grad-CAM grid. The model's stored temperature and threshold are used.
 
     
-      cifake evaluate --model-uri models:/cifake-detector@champion --data ../shared/data
+      cifake evaluate --model-uri models:/cifake-detector@champion --data PATH
       cifake evaluate --model-uri runs:/<run_id>/model --data test.zip --max-images 2000
     """
     from cifake_mlflow import tracking

@@ -21,7 +21,7 @@ def train(**options: str | None) -> None:
 
     \b
     Quick CPU run on real CIFAKE (about 5 minutes on 2 cores):
-      cifake train --data ../shared/data --weights none --image-size 32 --epochs 3
+      cifake train --data PATH --weights none --image-size 32 --epochs 3
     """
     from cifake_mlflow.data.dataset import DataError
     from cifake_mlflow.modeling.mobilenet import WeightsUnavailableError

@@ -66,7 +66,7 @@ def strategy_for(distribute: str) -> tf.distribute.Strategy:
 
 
 def resolve(cfg: TrainConfig) -> Acceleration:
-    """The settings ``cfg`` asks for on this machine."""
+    """The settings ``cfg`` asks for, resolved for the devices present."""
     gpus = gpu_count()
     strategy = strategy_for(cfg.distribute)
     jit = _switch(cfg.jit_compile, gpus > 0)
