@@ -71,6 +71,8 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
         def exec_module(module: ModuleType) -> None:
             with native_stderr_quiet():
                 load(module)
+                # The first device listing probes CUDA, which logs an error without a GPU.
+                module.config.list_physical_devices()
 
         spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
@@ -78,14 +80,6 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
 
 #: (message regex, category, why): warnings whose cause is upstream, filtered by message only.
 UPSTREAM_WARNINGS = (
-    (
-        r".*Add type hints to the `predict` method",
-        UserWarning,
-        # mlflow/mlflow#14235 warns for every PythonModel without type hints. The detector's
-        # input column holds base64 text or pixel arrays, which no supported hint expresses;
-        # the explicit signature logged with the model is its contract.
-        "mlflow#14235",
-    ),
     (
         r".*(is an experimental feature|is experimental \(supported from)",
         UserWarning,
