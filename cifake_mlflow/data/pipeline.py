@@ -57,7 +57,7 @@ def augmenter(cfg: TrainConfig) -> keras.Sequential | None:
 def robust_augmenter(cfg: TrainConfig) -> BatchFn | None:
     """``--robust-augment``: the evaluation suite's transformations as training augmentation.
 
-    Runs the very functions :mod:`cifake_mlflow.robustness` evaluates with (through
+    Runs the very functions :mod:`cifake_mlflow.data.perturbations` evaluates with (through
     ``tf.numpy_function``), after flip/zoom/rotation, on images rounded back to uint8 as a
     re-encoded file would be.
     """

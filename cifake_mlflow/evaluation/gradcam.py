@@ -133,11 +133,11 @@ class Explained:
 def explain_files(paths: list[Path], model_uri: str, out_dir: Path) -> list[Explained]:
     """Grad-CAM overlays for image files, scored as the served model scores them.
 
-    Files go through :func:`cifake_mlflow.preprocess.decode_image` (the serving path), prob_fake
+    Files go through :func:`cifake_mlflow.data.decode.decode_image` (the serving path), prob_fake
     through the model's stored temperature, the label through its stored threshold.
     """
     from cifake_mlflow.data.decode import ImageDecodeError, decode_image
-    from cifake_mlflow.tracking.runs import load_detector
+    from cifake_mlflow.tracking import load_detector
 
     detector = load_detector(model_uri)
     images = []

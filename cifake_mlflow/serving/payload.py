@@ -3,7 +3,7 @@
 The served model takes a single column, ``image``. Each item is either an image file encoded as
 base64 text (JPEG, PNG, WebP, BMP, GIF or TIFF; any size; a ``data:image/...;base64,`` prefix is
 allowed) or a 32x32x3 array of integers in 0..255. Files go through
-:func:`cifake_mlflow.preprocess.decode_image`, the function that built the training cache, so an
+:func:`cifake_mlflow.data.decode.decode_image`, the function that built the training cache, so an
 image scored over HTTP is prepared exactly as training prepared CIFAKE.
 
 MLflow hands the column over in several shapes, depending on the request format
@@ -15,7 +15,7 @@ answers with HTTP 400 and a short message that names the item and the reason.
 Limits per request: :data:`MAX_BATCH` images, :data:`MAX_FILE_BYTES` per file and
 :data:`MAX_REQUEST_PIXELS` decoded pixels in all (each file's size is read from its header, so
 an image over the budget is refused before it is decoded); per image, those of
-:mod:`cifake_mlflow.preprocess`.
+:mod:`cifake_mlflow.data.decode`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Loaded by ``mlflow.pyfunc.load_model`` and by ``mlflow models serve``. Input is 
 answers each image with ``prob_fake`` (temperature-calibrated), ``label`` (REAL or FAKE) and
 the threshold used; ``params={"threshold": t}`` overrides the threshold per request. The
 temperature and default threshold were fitted on the validation split and travel in the
-model's config (see :mod:`cifake_mlflow.calibration`).
+model's config (see :mod:`cifake_mlflow.evaluation.calibration`).
 
 The ``image`` column is typed ``Any``: MLflow checks that the column is there, and
 :mod:`cifake_mlflow.payload` checks every item, naming the bad one. (A typed column cannot carry
