@@ -82,8 +82,8 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
 UPSTREAM_WARNINGS = (
     (
         r".*(is an experimental feature|is experimental \(supported from)",
-        UserWarning,
-        # Optuna's ExperimentalWarning (a UserWarning) for features it has shipped for years:
+        Warning,
+        # Optuna's ExperimentalWarning (a plain Warning) for features it has shipped for years:
         # trial heartbeats, fail_stale_trials and the matplotlib plots a study logs.
         "optuna ExperimentalWarning",
     ),

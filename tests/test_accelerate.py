@@ -75,7 +75,7 @@ def test_mirrored_strategy_trains_over_two_devices(tmp_path: Path) -> None:
         from cifake_mlflow.training.config import TrainConfig
         from cifake_mlflow.training.run import train_and_log
         mlflow.set_tracking_uri("sqlite:///{tmp_path}/mlflow.db")
-        cfg = TrainConfig(data="{data}", weights="none", image_size=32, epochs=3, batch_size=8,
+        cfg = TrainConfig(data="{data}", weights="none", image_size=32, epochs=1, batch_size=8,
                           val_fraction=0.25, distribute="mirrored", cache_dir="{tmp_path}/cache")
         summary = train_and_log(cfg, verbose=0)
         run = mlflow.get_run(summary.run_id)

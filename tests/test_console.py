@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,23 @@ def test_tensorflow_imports_quietly_unless_the_user_asks() -> None:
     loud = _run(IMPORT, TF_CPP_MIN_LOG_LEVEL="0")
     assert loud.returncode == 0
     assert "I0000" in loud.stderr or "oneDNN" in loud.stderr  # the lines exist; shown on request
+
+
+OPTUNA_EXPERIMENTAL = """
+import cifake_mlflow, optuna
+from optuna.visualization import matplotlib as vis
+storage = optuna.storages.RDBStorage("sqlite:///{db}", heartbeat_interval=60)
+study = optuna.create_study(storage=storage)
+optuna.storages.fail_stale_trials(study)
+study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+vis.plot_optimization_history(study)
+"""
+
+
+def test_optuna_features_a_study_uses_warn_nothing(tmp_path: Path) -> None:
+    result = _run(OPTUNA_EXPERIMENTAL.format(db=tmp_path / "optuna.db"))
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, result.stderr
 
 
 def test_what_a_failing_block_wrote_is_replayed(

@@ -111,7 +111,9 @@ def test_spark_job_scores_like_cifake_predict_with_error_rows(
     assert set(got["model_version"]) == {version}
     ok = expected[expected["error"] == ""]
     assert len(ok) == IMAGES
-    np.testing.assert_allclose(got.loc[ok.index, "prob_fake"], ok["prob_fake"], atol=1e-6)
+    # float32 scores of the same images in batches of other sizes (Spark's Arrow batches, the
+    # local scorer's chunks) agree to about 1e-6; seen 1.7e-6 apart when both cores are busy.
+    np.testing.assert_allclose(got.loc[ok.index, "prob_fake"], ok["prob_fake"], atol=1e-5)
     assert list(got.loc[ok.index, "label"]) == list(ok["label"])
     assert np.ptp(ok["prob_fake"]) > 1e-4, "precondition: scores must differ between images"
     errors = got[got["error"] != ""]
