@@ -154,3 +154,79 @@ def test_scoring_a_validation_split_larger_than_one_request() -> None:
     assert registry.score_model(uri, images, labels, "accuracy") == pytest.approx(
         np.mean((raw >= 0.5) == labels), abs=2 / len(images)
     )
+
+
+def cue_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Images with two FAKE cues: a 1-pixel checkerboard (sharp, gone after a blur) and a
+    brighter base (coarse, survives a blur but overlaps between the classes)."""
+    labels = np.arange(n) % 2
+    brightness = rng.normal(110, 13, size=(n, 1, 1, 1)) + 30 * labels[:, None, None, None]
+    base = brightness + rng.normal(0, 20, size=(n, 4, 4, 3))
+    images = np.kron(base, np.ones((1, 8, 8, 1))) + rng.normal(0, 4, size=(n, 32, 32, 3))
+    checker = (np.indices((32, 32)).sum(axis=0) % 2) * 2 - 1
+    images += 30 * labels[:, None, None, None] * checker[None, :, :, None]
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+def cue_detector(cue: str) -> keras.Model:
+    """A fixed-weight detector that reads one cue: ``sharp`` (mean absolute 2x2 checkerboard
+    response) or ``coarse`` (mean brightness); sigmoid centred between the classes."""
+    inputs = keras.Input((32, 32, 3))
+    if cue == "sharp":
+        conv = keras.layers.Conv2D(2, 2, activation="relu", use_bias=False)
+        features = keras.layers.GlobalAveragePooling2D()(conv(inputs))
+        weights, centre = np.array([[1.0], [1.0]]), 15.0  # |response| ~30 FAKE, ~2 REAL
+    else:
+        features = keras.layers.GlobalAveragePooling2D()(inputs)
+        weights, centre = np.full((3, 1), 1 / 3), 125.0  # brightness ~110 REAL, ~140 FAKE
+    head = keras.layers.Dense(1, activation="sigmoid", name="prob_fake")
+    model = keras.Model(inputs, head(features))
+    if cue == "sharp":
+        kernel = np.array([[1.0, -1.0], [-1.0, 1.0]]) / 12  # 2x2 checkerboard, 3 channels
+        kernel = np.stack([kernel, -kernel], axis=-1)[:, :, None, :].repeat(3, axis=2)
+        conv.set_weights([kernel])
+    head.set_weights([weights * 0.5, np.array([-0.5 * centre])])
+    return model
+
+
+@pytest.mark.usefixtures("tracking")
+def test_gate_asked_for_robustness_takes_a_more_robust_slightly_less_accurate_challenger(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    images, labels = cue_images(400, np.random.default_rng(7))
+    cfg = TrainConfig(weights="none", image_size=32, threshold=0.5)
+    mlflow.set_experiment("robust-gate-test")
+    uris = {}
+    for cue in ("sharp", "coarse"):
+        with mlflow.start_run(run_name=cue):
+            uris[cue] = tracking.log_detector(cue_detector(cue), cfg)
+    score = {
+        (cue, metric): registry.score_model(uris[cue], images, labels, metric)
+        for cue in uris
+        for metric in ("accuracy", "robust_blur1_accuracy")
+    }
+    # Preconditions: the coarse detector is slightly less accurate on clean images and far more
+    # accurate after a blur, which erases the checkerboard the sharp one reads.
+    assert 0.8 < score["coarse", "accuracy"] < score["sharp", "accuracy"], score
+    assert (
+        score["sharp", "robust_blur1_accuracy"]
+        < 0.6
+        < 0.8
+        < score["coarse", "robust_blur1_accuracy"]
+    )
+
+    first = registry.register_and_gate(uris["sharp"], "gated", images, labels, metric="accuracy")
+    assert first.alias == registry.CHAMPION
+    kept = registry.register_and_gate(uris["coarse"], "gated", images, labels, metric="accuracy")
+    assert (kept.alias, kept.promoted) == (registry.CHALLENGER, False)
+    robust = registry.register_and_gate(
+        uris["coarse"], "gated", images, labels, metric="robust_blur1_accuracy"
+    )
+    assert (robust.alias, robust.promoted, robust.version) == (registry.CHAMPION, True, "3")
+    assert robust.reason.startswith("robust_blur1_accuracy ")
+    assert robust.champion_score == pytest.approx(score["sharp", "robust_blur1_accuracy"])
+    version = MlflowClient().get_model_version("gated", "3")
+    assert version.tags["gate_metric"] == "robust_blur1_accuracy"
+    assert str(MlflowClient().get_model_version_by_alias("gated", "champion").version) == "3"
+    assert version.source == uris["coarse"] and version.run_id  # as mlflow.register_model
+    assert "registered model" not in capfd.readouterr().err.lower()  # MLflow's own lines

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,9 +25,11 @@ from cifake_mlflow.tuning.config import TuneConfig
 from cifake_mlflow.tuning.study import (
     RUN_ID_ATTR,
     TuningError,
+    _plots,
     load_search_space,
     open_study,
     run_study,
+    varied_params,
 )
 
 PG_HOST = "127.0.0.1"
@@ -527,3 +530,21 @@ def test_an_interrupt_swallowed_inside_the_block_still_stops_the_work() -> None:
             pass  # what Python does to it inside a __del__
     with signals_as_interrupt():  # a new block starts clean
         pass
+
+
+@pytest.mark.fast
+def test_study_plots_leave_out_parameters_that_never_varied() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(
+        lambda t: t.suggest_float("lr", 0, 1) + t.suggest_categorical("batch", [64]), n_trials=3
+    )
+    assert varied_params(study) == ["lr"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # matplotlib's zero-width axis warning
+        drawn = {name: plot(study) for name, plot in _plots(varied_params(study)).items()}
+    assert sorted(drawn) == [
+        "optimization_history",
+        "parallel_coordinate",
+        "param_importances",
+        "slice",
+    ]

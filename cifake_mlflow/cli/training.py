@@ -116,7 +116,7 @@ def register(
 @click.option("--storage", default="sqlite:///optuna.db", show_default=True, help="Optuna storage")
 @click.option("--model-name", default=MODEL_NAME, show_default=True)
 def quickstart(data: str, experiment: str, storage: str, model_name: str) -> None:
-    """Train on the full split, run a 3-trial study, and register the better as champion.
+    """Train on the full split, run a 2-trial study, and register the better as champion.
 
     \b
     The training run is MobileNetV2 with the native-resolution stem at 32 px, 2 epochs

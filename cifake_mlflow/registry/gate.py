@@ -7,6 +7,7 @@ reason is written on the version. The first version of a model becomes champion.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from cifake_mlflow.tracking.schema import MAX_BATCH, frame
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 GATE_METRICS = ("roc_auc", "accuracy")
+LOGGED_MODEL_URI = re.compile(r"models:/(?P<model_id>m-[0-9a-f]+)")
 
 
 class RegistryError(RuntimeError):
@@ -137,7 +139,7 @@ def register_and_gate(
     client = MlflowClient()
     candidate = score_model(model_uri, images, labels, metric)  # fails before registering
     all_tags = {**(tags or {}), **({"gate_split_digest": eval_digest} if eval_digest else {})}
-    version = str(mlflow.register_model(model_uri, name, tags=all_tags).version)
+    version = new_version(client, model_uri, name, all_tags)
     current = champion(name)  # read late: another worker may have promoted meanwhile
     if current is None:
         decision = GateDecision(
@@ -161,6 +163,24 @@ def register_and_gate(
         decision = GateDecision(name, version, alias, promoted, reason, metric, candidate, held)
     _record(client, decision, description)
     return decision
+
+
+def new_version(client: MlflowClient, model_uri: str, name: str, tags: Mapping[str, str]) -> str:
+    """A new version of ``name`` from a LoggedModel URI (``models:/m-<id>``), as
+    ``mlflow.register_model`` makes it, without the lines that function prints to stderr: the
+    gate reports the version with its decision in one line."""
+    logged = LOGGED_MODEL_URI.fullmatch(model_uri)
+    if logged is None:  # runs:/ and other URIs: MLflow resolves them
+        return str(mlflow.register_model(model_uri, name, tags=dict(tags)).version)
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:  # another version or worker created it first
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    created = client.create_model_version(
+        name, model_uri, tags=dict(tags), model_id=logged["model_id"]
+    )
+    return str(created.version)
 
 
 def _record(client: MlflowClient, decision: GateDecision, description: str) -> None:

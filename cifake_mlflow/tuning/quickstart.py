@@ -41,10 +41,10 @@ QUICK_RECIPE: dict[str, Any] = {
     "tta": "flip",
 }
 #: The study's trials: the same recipe on a subset (their test score is only reported).
-QUICK_TRIALS: dict[str, Any] = {"max_train_images": 10_000, "max_test_images": 5_000}
+QUICK_TRIALS: dict[str, Any] = {"max_train_images": 6_000, "max_test_images": 2_000}
 QUICK_STUDY: dict[str, Any] = {
     "study_name": "quickstart",
-    "n_trials": 3,
+    "n_trials": 2,
     "search_space": "tuning/search_space_scratch.yaml",
     "register": False,
 }

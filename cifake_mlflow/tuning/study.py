@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import keras
@@ -320,7 +321,7 @@ def _log_study(study: optuna.Study, tune: TuneConfig, best: FrozenTrial | None) 
     tracking.log_params({f"best_{k}": v for k, v in best.params.items()})
     tracking.log_metrics({f"best_{tune.metric}": best.value, "best_trial": best.number})
     tracking.set_tags({"best_run_id": best.user_attrs.get(RUN_ID_ATTR, "")})
-    for name, plot in _plots().items():
+    for name, plot in _plots(varied_params(study)).items():
         try:
             axes = plot(study)
         except (ValueError, RuntimeError) as exc:  # e.g. importances need 2+ complete trials
@@ -330,15 +331,27 @@ def _log_study(study: optuna.Study, tune: TuneConfig, best: FrozenTrial | None) 
         tracking.log_figure(figure, f"optuna/{name}.png")
 
 
-def _plots() -> dict[str, Any]:
+def varied_params(study: optuna.Study) -> list[str]:
+    """Parameters that took more than one value over the finished trials (a constant one would
+    draw a zero-width axis, which matplotlib warns about)."""
+    values: dict[str, set] = {}
+    for trial in study.get_trials(states=FINISHED):
+        for key, value in trial.params.items():
+            values.setdefault(key, set()).add(value)
+    return sorted(key for key, seen in values.items() if len(seen) > 1)
+
+
+def _plots(params: list[str]) -> dict[str, Any]:
     from optuna.visualization import matplotlib as vis
 
-    return {
+    plots: dict[str, Any] = {
         "optimization_history": vis.plot_optimization_history,
         "param_importances": vis.plot_param_importances,
-        "parallel_coordinate": vis.plot_parallel_coordinate,
-        "slice": vis.plot_slice,
     }
+    if params:
+        plots["parallel_coordinate"] = partial(vis.plot_parallel_coordinate, params=params)
+        plots["slice"] = partial(vis.plot_slice, params=params)
+    return plots
 
 
 def _register_best(
