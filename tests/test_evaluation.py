@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import module_store, write_cifake
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from cifake_mlflow import registry, tracking
 from cifake_mlflow.cli import main
@@ -31,11 +32,14 @@ MODEL = "det"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """A briefly trained, calibrated detector registered as det@champion; test data with a
-    copy of one train image (a leak for the dedup report)."""
+    copy of one train image (a leak for the dedup report) and a mirrored one (a near-duplicate
+    for the leak-free report)."""
     work = tmp_path_factory.mktemp("evaluation")
     with module_store(work):
         data = write_cifake(work / "cifake", {"train": 60, "test": 12}, seed=11)
         shutil.copy(data / "train/FAKE/0000.jpg", data / "test/FAKE/leak.jpg")
+        original = Image.open(data / "train/REAL/0001.jpg")
+        original.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(data / "test/REAL/mirror.png")
         cfg = TrainConfig(
             data=str(data),
             weights="none",
@@ -101,8 +105,13 @@ def test_evaluate_logs_everything_in_one_run(store: dict) -> None:
         "macro_avg_f1_score", "weighted_avg_f1_score", "accuracy_ci_low", "roc_auc_ci_high",
     ):  # fmt: skip
         assert f"test_{name}" in m and f"test_dedup_{name}" in m, name
+        assert f"test_leakfree_{name}" in m, name
     assert m["test_accuracy_ci_low"] <= m["test_accuracy"] <= m["test_accuracy_ci_high"]
-    assert (params["images"], params["dedup_images"]) == ("25", "24")  # the leak is left out
+    # The byte copy is left out of dedup, and the mirrored copy out of leak-free as well.
+    assert (params["images"], params["dedup_images"]) == ("26", "25")
+    assert (params["leakfree_images"], params["near_duplicate_distance"]) == ("24", "4")
+    assert m["test_leakfree_real_support"] == m["test_real_support"] - 1
+    assert "leak-free test (24 images" in result.output
     assert m["test_fake_support"] == 13 and m["test_dedup_fake_support"] == 12
     for name in perturbations.DEFAULT_SUITE:
         for metric in ("accuracy", "roc_auc", "fpr"):
@@ -149,7 +158,8 @@ def test_evaluate_explains_a_bad_split_and_skips_robustness(store: dict) -> None
     result = CliRunner().invoke(main, [*fast, "--train-data", str(store["data"])])
     assert result.exit_code == 0, result.output
     params = mlflow.get_run(result.output.strip().splitlines()[-1].split()[-1]).data.params
-    assert (params["images"], params["dedup_images"]) == ("25", "24")
+    assert (params["images"], params["dedup_images"]) == ("26", "25")
+    assert params["leakfree_images"] == "24"
     bad = CliRunner().invoke(main, [*args, "--transforms", "jpeg500"])
     assert bad.exit_code != 0 and "invalid --transforms 'jpeg500'" in bad.output
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from cifake_mlflow.config import ConfigError, TextConfig, check_types, described, in_range
+from cifake_mlflow.data.near_duplicates import DEFAULT_MAX_DISTANCE
 from cifake_mlflow.data.perturbations import DEFAULT_SUITE, parse_names
 from cifake_mlflow.training.config import MIN_SUBSET
 
@@ -38,6 +39,14 @@ class EvalConfig(TextConfig):
         **described(
             "training images the leak-free twin (test_dedup_*) leaves copies of out, when "
             "--data holds no train split, e.g. cifake-train.tar.gz ('auto': --data's own)"
+        ),
+    )
+    near_duplicate_distance: int = field(
+        default=DEFAULT_MAX_DISTANCE,
+        **described(
+            "perceptual-hash bits within which a test image counts as a near-duplicate of a "
+            "training image (re-encoded, recoloured or mirrored copies), left out of "
+            "the leak-free score test_leakfree_*"
         ),
     )
     max_images: int | None = field(
@@ -83,6 +92,7 @@ class EvalConfig(TextConfig):
             raise ConfigError("max_images", self.max_images, f"at least {MIN_SUBSET}, or 'all'")
         if self.threshold is not None:
             in_range(self, "threshold", 0.0, 1.0)
+        in_range(self, "near_duplicate_distance", 0, 16)
         for name in ("explain_samples", "bootstrap", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, getattr(self, name), "0 or more")

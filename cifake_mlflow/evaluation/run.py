@@ -6,7 +6,9 @@ runs, with the temperature and threshold stored at training time) and logs:
 - the reference table, ROC-AUC, PR-AUC, balanced accuracy, log loss, ECE (15 bins), TPR at 1%
   and 5% FPR and bootstrap 95% intervals, as ``<split>_*`` metrics (``test_accuracy``, ...);
 - the same metrics on the images that are not exact copies of a training image
-  (``<split>_dedup_*``), so that leakage cannot flatter the score;
+  (``<split>_dedup_*``), and on those that are not near-duplicates of one either
+  (``<split>_leakfree_*``: re-encoded, recoloured or mirrored copies, found by
+  perceptual hash), so that leakage cannot flatter the score;
 - confusion matrix, ROC and PR curves, reliability diagram, score histograms, error grid;
 - ``robust_<transformation>_{accuracy,roc_auc,fpr}`` and one summary plot;
 - a Grad-CAM grid of correct and wrong predictions.
@@ -25,6 +27,7 @@ from tqdm import tqdm
 
 from cifake_mlflow import tracking
 from cifake_mlflow.data.dataset import SPLITS, DataError, Dataset, load_dataset
+from cifake_mlflow.data.near_duplicates import near_duplicate_mask
 from cifake_mlflow.data.perturbations import parse_names
 from cifake_mlflow.evaluation import gradcam, plots
 from cifake_mlflow.evaluation.config import EvalConfig
@@ -41,18 +44,25 @@ class EvalSummary:
     run_id: str
     full: Evaluation
     dedup: Evaluation | None
+    leakfree: Evaluation | None
     robustness: dict[str, dict[str, float]] | None
 
 
-def train_hashes(ds: Dataset, cfg: EvalConfig, progress: bool = True) -> np.ndarray | None:
-    """Content hashes of the training images (``--train-data``'s, else ``--data``'s own).
+@dataclass(frozen=True)
+class TrainReference:
+    """The training images a test image may be a copy of: content hashes and pixels."""
 
-    None when there is no train split to compare with.
-    """
+    hashes: np.ndarray
+    images: np.ndarray
+
+
+def train_reference(ds: Dataset, cfg: EvalConfig, progress: bool = True) -> TrainReference | None:
+    """The training images (``--train-data``'s, else ``--data``'s own); None when there is no
+    train split to compare with."""
     if cfg.train_data is not None:
         ds = load_dataset(cfg.train_data, cfg.cache_dir, cfg.on_bad_file, progress, ("train",))
     train = ds.indices("train")
-    return ds.hashes[train] if len(train) else None
+    return TrainReference(ds.hashes[train], ds.images[train]) if len(train) else None
 
 
 def select_rows(
@@ -90,27 +100,43 @@ def evaluate_model(cfg: EvalConfig, progress: bool = True) -> EvalSummary:
     """Run the whole evaluation in one MLflow run; returns its id and reports."""
     detector = tracking.load_detector(cfg.model_uri)
     ds = load_dataset(cfg.data, cfg.cache_dir, cfg.on_bad_file, progress, (cfg.split,))
-    rows, fresh = select_rows(ds, cfg, train_hashes(ds, cfg, progress))
+    reference = train_reference(ds, cfg, progress)
+    rows, fresh = select_rows(ds, cfg, reference.hashes if reference is not None else None)
     images, labels = ds.images[rows], ds.labels[rows]
+    leakfree = None
+    if fresh is not None and reference is not None:
+        near = near_duplicate_mask(images, reference.images, cfg.near_duplicate_distance)
+        leakfree = fresh & ~near
     threshold = cfg.threshold if cfg.threshold is not None else detector.served.threshold
     temperature = detector.served.temperature
     tracking.use_experiment(cfg.experiment)
     with tracking.start_run(run_name=cfg.run_name or run_name(cfg)) as run:
-        _log_setup(cfg, detector, len(rows), fresh, threshold)
+        _log_setup(cfg, detector, len(rows), (fresh, leakfree), threshold)
         raw = score_all(detector, images, f"scoring {cfg.split}")
         full = report(labels, raw, threshold, temperature, cfg.bootstrap)
         tracking.log_evaluation(full, images, cfg.split, model_id=detector.model_id)
         print(full.text, flush=True)
-        dedup = None
-        if fresh is not None:
+        dedup, clean = None, None
+        if fresh is not None and leakfree is not None:
             dedup = report(labels[fresh], raw[fresh], threshold, temperature, cfg.bootstrap)
             tracking.log_metrics(dedup.flat(f"{cfg.split}_dedup_"), model_id=detector.model_id)
             tracking.log_text(dedup.text, "evaluation/dedup_classification_report.txt")
+            clean = report(labels[leakfree], raw[leakfree], threshold, temperature, cfg.bootstrap)
+            flat = clean.flat(f"{cfg.split}_leakfree_")
+            tracking.log_metrics(flat, model_id=detector.model_id)
+            tracking.log_text(clean.text, "evaluation/leakfree_classification_report.txt")
+            print(
+                f"leak-free {cfg.split} ({int(leakfree.sum()):,} images, without "
+                f"{int((~leakfree).sum()):,} copies or near-duplicates of training images): "
+                f"accuracy {flat[f'{cfg.split}_leakfree_accuracy']:.4f}, "
+                f"ROC-AUC {flat[f'{cfg.split}_leakfree_roc_auc']:.4f}",
+                flush=True,
+            )
         robust = _robustness(cfg, detector, images, labels, threshold) if cfg.robustness else None
         if cfg.explain_samples > 0:
             _gradcam_grid(cfg, detector, images, labels, full)
         _link_registered_version(cfg.model_uri, run.info.run_id)
-    return EvalSummary(run.info.run_id, full, dedup, robust)
+    return EvalSummary(run.info.run_id, full, dedup, clean, robust)
 
 
 def run_name(cfg: EvalConfig) -> str:
@@ -123,9 +149,10 @@ def _log_setup(
     cfg: EvalConfig,
     detector: tracking.LoadedDetector,
     count: int,
-    fresh: np.ndarray | None,
+    masks: tuple[np.ndarray | None, np.ndarray | None],
     threshold: float,
 ) -> None:
+    fresh, leakfree = masks
     tracking.set_tags(
         {
             "cifake.kind": "evaluation",
@@ -144,6 +171,8 @@ def _log_setup(
             "train_data": cfg.train_data or "auto",
             "images": str(count),
             "dedup_images": str(int(fresh.sum())) if fresh is not None else "n/a",
+            "leakfree_images": str(int(leakfree.sum())) if leakfree is not None else "n/a",
+            "near_duplicate_distance": str(cfg.near_duplicate_distance),
             "threshold": f"{threshold:g}",
             "temperature": f"{detector.served.temperature:.6g}",
             "bootstrap": str(cfg.bootstrap),
