@@ -28,7 +28,7 @@ _CHUNK = 8192
 def perceptual_hashes(images: np.ndarray) -> np.ndarray:
     """uint64 hash of each ``(N, H, W, 3)`` uint8 image (``(N,)``)."""
     out = np.empty(len(images), dtype=np.uint64)
-    weights = (np.uint64(1) << np.arange(64, dtype=np.uint64)).astype(np.uint64)
+    weights = np.uint64(1) << np.arange(64, dtype=np.uint64)
     for start in range(0, len(images), _CHUNK):
         luma = images[start : start + _CHUNK].astype(np.float32) @ _LUMA
         low = dctn(luma, type=2, axes=(1, 2), norm="ortho")[:, :8, :8].reshape(-1, 64)
@@ -43,11 +43,6 @@ def _bands(max_distance: int) -> list[tuple[int, int]]:
     count = max_distance + 1
     edges = np.linspace(0, 64, count + 1).round().astype(int)
     return [(int(a), int(b - a)) for a, b in itertools.pairwise(edges)]
-
-
-def _popcount(values: np.ndarray) -> np.ndarray:
-    bytes_ = values.astype(np.uint64).view(np.uint8).reshape(-1, 8)
-    return np.unpackbits(bytes_, axis=1).sum(axis=1)
 
 
 def nearest_distances(
@@ -67,10 +62,12 @@ def nearest_distances(
         hi = np.searchsorted(sorted_band, q_band, side="right")
         counts = hi - lo
         q_idx = np.repeat(np.arange(len(query)), counts)
-        r_idx = order[np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])]
         if not len(q_idx):
             continue
-        dist = _popcount(query[q_idx] ^ reference[r_idx])
+        # Positions lo[q] .. hi[q]-1 of every query, laid end to end.
+        offsets = np.arange(len(q_idx)) - np.repeat(np.cumsum(counts) - counts, counts)
+        r_idx = order[np.repeat(lo, counts) + offsets]
+        dist = np.bitwise_count(query[q_idx] ^ reference[r_idx]).astype(np.int64)
         np.minimum.at(best, q_idx, dist)
         hit = (dist == best[q_idx]) & (dist <= max_distance)
         where[q_idx[hit]] = r_idx[hit]

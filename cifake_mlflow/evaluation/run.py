@@ -116,27 +116,37 @@ def evaluate_model(cfg: EvalConfig, progress: bool = True) -> EvalSummary:
         full = report(labels, raw, threshold, temperature, cfg.bootstrap)
         tracking.log_evaluation(full, images, cfg.split, model_id=detector.model_id)
         print(full.text, flush=True)
-        dedup, clean = None, None
+        subsets: dict[str, Evaluation] = {}
         if fresh is not None and leakfree is not None:
-            dedup = report(labels[fresh], raw[fresh], threshold, temperature, cfg.bootstrap)
-            tracking.log_metrics(dedup.flat(f"{cfg.split}_dedup_"), model_id=detector.model_id)
-            tracking.log_text(dedup.text, "evaluation/dedup_classification_report.txt")
-            clean = report(labels[leakfree], raw[leakfree], threshold, temperature, cfg.bootstrap)
-            flat = clean.flat(f"{cfg.split}_leakfree_")
-            tracking.log_metrics(flat, model_id=detector.model_id)
-            tracking.log_text(clean.text, "evaluation/leakfree_classification_report.txt")
+            for name, mask in (("dedup", fresh), ("leakfree", leakfree)):
+                subsets[name] = _log_subset(cfg, detector, name, labels[mask], raw[mask], threshold)
             print(
                 f"leak-free {cfg.split} ({int(leakfree.sum()):,} images, without "
                 f"{int((~leakfree).sum()):,} copies or near-duplicates of training images): "
-                f"accuracy {flat[f'{cfg.split}_leakfree_accuracy']:.4f}, "
-                f"ROC-AUC {flat[f'{cfg.split}_leakfree_roc_auc']:.4f}",
+                f"accuracy {subsets['leakfree'].table['accuracy']:.4f}, "
+                f"ROC-AUC {subsets['leakfree'].table['roc_auc']:.4f}",
                 flush=True,
             )
         robust = _robustness(cfg, detector, images, labels, threshold) if cfg.robustness else None
         if cfg.explain_samples > 0:
             _gradcam_grid(cfg, detector, images, labels, full)
         _link_registered_version(cfg.model_uri, run.info.run_id)
-    return EvalSummary(run.info.run_id, full, dedup, clean, robust)
+    return EvalSummary(run.info.run_id, full, subsets.get("dedup"), subsets.get("leakfree"), robust)
+
+
+def _log_subset(
+    cfg: EvalConfig,
+    detector: tracking.LoadedDetector,
+    name: str,
+    labels: np.ndarray,
+    raw: np.ndarray,
+    threshold: float,
+) -> Evaluation:
+    """Metrics (``<split>_<name>_*``) and report text of one subset of the scored images."""
+    subset = report(labels, raw, threshold, detector.served.temperature, cfg.bootstrap)
+    tracking.log_metrics(subset.flat(f"{cfg.split}_{name}_"), model_id=detector.model_id)
+    tracking.log_text(subset.text, f"evaluation/{name}_classification_report.txt")
+    return subset
 
 
 def run_name(cfg: EvalConfig) -> str:
