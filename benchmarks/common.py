@@ -162,3 +162,20 @@ def script_main(
     print_table(doc.split("\n")[0].rstrip("."), results, *columns)
     save(results)
     return 0
+
+
+def training_rate(model: Any, data: Any, steps: int, batch: int, warmup: int = 3) -> float:
+    """Training images per second over ``steps`` steps of ``batch`` after ``warmup`` (tracing)."""
+    import keras
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_end(self, step: int, logs: dict | None = None) -> None:
+            if step + 1 == warmup:
+                self.start = time.perf_counter()
+            self.end = time.perf_counter()
+
+    timer = Timer()
+    model.fit(
+        data, steps_per_epoch=warmup + steps, epochs=1, callbacks=[timer], verbose=0, shuffle=False
+    )
+    return steps * batch / (timer.end - timer.start)

@@ -2,7 +2,8 @@
 
     python benchmarks/run.py [--data PATH] [--only NAME ...] [--quick]
 
-Names: training (input pipeline + training step), startup, tuning, memory, gpu, serving.
+Names: training (input pipeline + training step), widths (step cost by width, stem and batch),
+startup, tuning, memory, gpu, serving.
 Results are merged into benchmarks/results.json as {name: {ours, baseline, ratio, unit}}.
 ``gpu`` measures only where Keras' backend sees a GPU (see benchmarks/gpu.py). ``--quick``
 shrinks every benchmark (fewer images, steps, trials and repeats) to finish in a few minutes on
@@ -26,9 +27,11 @@ import pruning
 import serving
 import startup
 import training
+import widths
 
 BENCHMARKS = {
     "training": training.run,
+    "widths": widths.run,
     "startup": startup.run,
     "tuning": pruning.run,
     "memory": memory.run,

@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-from common import extract_train_subset, result, script_main
+from common import extract_train_subset, result, script_main, training_rate
 
 BATCH = 64
 SIZE = 160
@@ -113,21 +113,6 @@ def our_model():
     return model
 
 
-def training_rate(model, data, steps: int, warmup: int = 3) -> float:
-    """Training images per second over ``steps`` steps after ``warmup`` (tracing) steps."""
-    import keras
-
-    class Timer(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-            if batch + 1 == warmup:
-                self.start = time.perf_counter()
-            self.end = time.perf_counter()
-
-    timer = Timer()
-    model.fit(data, steps_per_epoch=warmup + steps, epochs=1, callbacks=[timer], verbose=0)
-    return steps * BATCH / (timer.end - timer.start)
-
-
 def in_memory(folder: Path, cache: Path):
     """One real batch, already in the model's input form, held in memory and repeated forever.
 
@@ -161,7 +146,7 @@ def run(data: Path, quick: bool = False) -> dict[str, dict]:
         rates: dict[str, list[float]] = {name: [] for name in feeds}
         for _ in range(rounds):
             for name, (net, feed) in feeds.items():
-                rates[name].append(training_rate(net, feed, steps))
+                rates[name].append(training_rate(net, feed, steps, BATCH))
     ours, ceiling, ref = (float(np.median(rates[k])) for k in ("ours", "ceiling", "reference"))
     extra = {"rounds": rounds, "steps_per_round": steps}
     results["train_step_vs_reference"] = result(ours, ref, "images/s", **extra)

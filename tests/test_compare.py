@@ -32,6 +32,7 @@ def test_runs_versions_and_reference_side_by_side(tracking: str) -> None:
     first = logged_run("first", 0.9575, 5730)
     second = logged_run("second", 0.9612, 3000)
     client = MlflowClient()
+    client.log_metric(second, "val_robust_jpeg50_accuracy", 0.8905)  # from --val-robustness
     client.create_registered_model("det")
     client.create_model_version("det", f"runs:/{second}/model", run_id=second)
     client.set_registered_model_alias("det", "champion", "1")
@@ -53,6 +54,7 @@ def test_runs_versions_and_reference_side_by_side(tracking: str) -> None:
                 "robust_noise0.05_accuracy": 0.7001,
                 "robust_jpeg50_accuracy": 0.8811,
                 "robust_jpeg50_fpr": 0.1,
+                "robust_jpeg50_roc_auc": 0.9413,
                 "test_accuracy": 0.9612,
                 "test_roc_auc_ci_low": 0.9811,
             }
@@ -60,11 +62,17 @@ def test_runs_versions_and_reference_side_by_side(tracking: str) -> None:
     client.set_model_version_tag("det", "1", "evaluation_run_id", evaluation.info.run_id)
     table = CliRunner().invoke(main, ["compare", "models:/det@champion", "--no-reference"])
     lines = table.output.splitlines()
-    robust = [line for line in lines if line.startswith("| accuracy after")]
-    # one row per transformation, in the suite's order (jpeg before noise), fpr not a row
-    assert robust == ["| accuracy after jpeg50 | 0.8811 |", "| accuracy after noise0.05 | 0.7001 |"]
+    robust = [line for line in lines if " after " in line]
+    # each transformation's rows, in the suite's order (jpeg before noise); fpr is not a row,
+    # and rows no column has are left out
+    assert robust == [
+        "| accuracy after jpeg50 | 0.8811 |",
+        "| ROC-AUC after jpeg50 | 0.9413 |",
+        "| val accuracy after jpeg50 | 0.8905 |",
+        "| accuracy after noise0.05 | 0.7001 |",
+    ]
     assert lines.index("| REAL precision | 0.9500 |") < lines.index(robust[0])
-    assert lines.index(robust[1]) < lines.index("| epochs run | 7 |")
+    assert lines.index(robust[-1]) < lines.index("| epochs run | 7 |")
     assert "| ROC-AUC 95% CI low | 0.9811 |" in lines
     assert "| epochs run | 7 |" in lines  # the training run's, kept
     # The evaluation run's id gives the same column: its metrics over its model's training run.

@@ -30,8 +30,11 @@ REFERENCE = {
 }
 
 #: (row label, metric key) in display order; train_minutes is derived from train_seconds.
-#: Robustness rows (``robust_<name>_accuracy``) are added after ``ROBUST_AFTER``, one per
-#: transformation that any column has, in the suite's order.
+#: Robustness rows are added after ``ROBUST_AFTER``: for each transformation any column has, in
+#: the suite's order, test accuracy and ROC-AUC after it (``robust_<name>_*``, from
+#: ``cifake evaluate``) and validation accuracy after it (``val_robust_<name>_accuracy``, from
+#: ``--val-robustness``). ROC-AUC sits beside accuracy because a threshold tuned on clean
+#: images can hide a ranking that survived the transformation.
 ROWS = (
     ("test accuracy", "test_accuracy"),
     ("accuracy 95% CI low", "test_accuracy_ci_low"),
@@ -57,7 +60,7 @@ ROWS = (
     ("FAKE precision", "test_fake_precision"),
     ("FAKE recall", "test_fake_recall"),
     ("FAKE F1", "test_fake_f1_score"),
-    # then one "accuracy after <transformation>" row per robustness metric present
+    # then the robustness rows of each transformation present
     ("temperature", "temperature"),
     ("decision threshold", "decision_threshold"),
     ("best val accuracy", "best_val_accuracy"),
@@ -67,7 +70,13 @@ ROWS = (
 
 
 ROBUST_AFTER = "test_fake_f1_score"
-ROBUST = re.compile(r"^robust_(?P<name>.+)_accuracy$")
+ROBUST = re.compile(r"^(?:val_)?robust_(?P<name>.+)_(?:accuracy|roc_auc)$")
+#: (row label, metric key) of one transformation's robustness rows.
+ROBUST_ROWS = (
+    ("accuracy after {}", "robust_{}_accuracy"),
+    ("ROC-AUC after {}", "robust_{}_roc_auc"),
+    ("val accuracy after {}", "val_robust_{}_accuracy"),
+)
 
 
 @dataclass(frozen=True)
@@ -146,7 +155,7 @@ def row_keys(columns: list[Column]) -> list[tuple[str, str]]:
     names = {match["name"] for c in columns for key in c.metrics if (match := ROBUST.match(key))}
     suite = list(DEFAULT_SUITE)
     ordered = sorted(names, key=lambda n: (suite.index(n) if n in suite else len(suite), n))
-    found = [(f"accuracy after {name}", f"robust_{name}_accuracy") for name in ordered]
+    found = [(label.format(n), key.format(n)) for n in ordered for label, key in ROBUST_ROWS]
     keys = list(ROWS)
     at = next(i for i, (_, key) in enumerate(keys) if key == ROBUST_AFTER) + 1
     return keys[:at] + found + keys[at:]
