@@ -3,7 +3,7 @@
     python benchmarks/run.py [--data PATH] [--only NAME ...] [--quick]
 
 Names: training (input pipeline + training step), widths (step cost by width, stem and batch),
-startup, tuning, memory, gpu, serving.
+robust_mix (step cost of the robust augmentation mix), startup, tuning, memory, gpu, serving.
 Results are merged into benchmarks/results.json as {name: {ours, baseline, ratio, unit}}.
 ``gpu`` measures only where Keras' backend sees a GPU (see benchmarks/gpu.py). ``--quick``
 shrinks every benchmark (fewer images, steps, trials and repeats) to finish in a few minutes on
@@ -24,6 +24,7 @@ import common
 import gpu
 import memory
 import pruning
+import robust_mix
 import serving
 import startup
 import training
@@ -32,6 +33,7 @@ import widths
 BENCHMARKS = {
     "training": training.run,
     "widths": widths.run,
+    "robust_mix": robust_mix.run,
     "startup": startup.run,
     "tuning": pruning.run,
     "memory": memory.run,

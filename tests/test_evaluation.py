@@ -133,6 +133,18 @@ def test_evaluate_logs_everything_in_one_run(store: dict) -> None:
         assert png in artifacts, png
     version = MlflowClient().get_model_version_by_alias(MODEL, "champion")
     assert version.tags["evaluation_run_id"] == run_id
+    # The version's model card now carries this evaluation: test, leak-free, robustness.
+    card = version.description
+    assert f"model card of {MODEL} v{version.version} updated" in result.output
+    assert card.count("## Evaluation") == 1 and run_id in card
+    assert f"| test accuracy | {m['test_accuracy']:.4f} |" in card
+    assert (
+        f"copies and near-copies of train images removed | {m['test_leakfree_accuracy']:.4f}"
+        in card
+    )
+    for name in perturbations.DEFAULT_SUITE:
+        assert f"| {name} (test) | {m[f'robust_{name}_accuracy']:.4f} |" in card, name
+    assert card.index("Gate") < card.index("## Evaluation")  # what registration wrote stays
     assert run.data.tags["evaluated_run_id"] == store["summary"].run_id
     # Every row `cifake compare` knows is filled from what training and evaluation logged.
     table = CliRunner().invoke(main, ["compare", run_id, "--no-reference"]).output.splitlines()

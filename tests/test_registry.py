@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 from cifake_mlflow import registry, tracking
 from cifake_mlflow.cli import main
 from cifake_mlflow.modeling.mobilenet import build_model
+from cifake_mlflow.registry.card import EVALUATION_HEADING, robustness_rows, with_evaluation
 from cifake_mlflow.tracking.schema import MAX_BATCH, frame
 from cifake_mlflow.training.config import TrainConfig
 from cifake_mlflow.training.run import prepare_data, train_and_log
@@ -230,3 +231,30 @@ def test_gate_asked_for_robustness_takes_a_more_robust_slightly_less_accurate_ch
     assert str(MlflowClient().get_model_version_by_alias("gated", "champion").version) == "3"
     assert version.source == uris["coarse"] and version.run_id  # as mlflow.register_model
     assert "registered model" not in capfd.readouterr().err.lower()  # MLflow's own lines
+
+
+@pytest.mark.fast
+def test_model_card_robustness_table_lists_test_then_validation_in_suite_order() -> None:
+    metrics = {
+        "val_robust_blur1_accuracy": 0.91,
+        "robust_noise0.05_accuracy": 0.85,
+        "robust_noise0.05_roc_auc": 0.96,
+        "robust_blur1_accuracy": 0.65,
+        "robust_blur1_roc_auc": 0.83,
+    }
+    assert robustness_rows(metrics) == [
+        "| blur1 (test) | 0.6500 | 0.8300 |",
+        "| blur1 (validation) | 0.9100 |  |",
+        "| noise0.05 (test) | 0.8500 | 0.9600 |",
+    ]
+
+
+@pytest.mark.fast
+def test_a_new_evaluation_replaces_the_cards_evaluation_section() -> None:
+    card = "# det v1\n\n**Gate** (roc_auc): champion.\n\nGate: first version."
+    first = with_evaluation(card, f"{EVALUATION_HEADING}\n\nrun `a`")
+    assert first.startswith(card) and first.endswith("run `a`")
+    second = with_evaluation(first, f"{EVALUATION_HEADING}\n\nrun `b`")
+    assert second.count(EVALUATION_HEADING) == 1 and "run `a`" not in second
+    assert second.startswith(card) and second.endswith("run `b`")
+    assert with_evaluation("", f"{EVALUATION_HEADING}\n\nrun `c`").startswith(EVALUATION_HEADING)

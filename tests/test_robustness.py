@@ -107,6 +107,21 @@ def test_names_are_checked() -> None:
         TrainConfig(robust_augment="jpeg500")
 
 
+def test_robust_metric_names_are_read_in_suite_order_from_both_splits() -> None:
+    """compare's rows and the model card share this reader; old stores' names pass through."""
+    keys = [
+        "robust_noise0.05_accuracy",
+        "val_robust_blur1_roc_auc",
+        "robust_jpeg90_roc_auc",
+        "robust_sharpen2_accuracy",  # not a transformation today: kept, after the suite
+        "best_val_robust_accuracy",  # a mean over transformations, not one of them
+        "test_accuracy",
+    ]
+    assert perturbations.robust_names(keys) == ["jpeg90", "blur1", "noise0.05", "sharpen2"]
+    assert perturbations.split_robust_metric("robust_blur1_roc_auc") == ("blur1", "roc_auc")
+    assert perturbations.split_robust_metric("val_robust_blur1_roc_auc") is None
+
+
 def test_augment_batch_rate_and_seed() -> None:
     images = textured(40)
     untouched = perturbations.augment_batch(images, ["blur1"], 0.0, np.random.default_rng(0))

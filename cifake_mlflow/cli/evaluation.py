@@ -21,7 +21,8 @@ def evaluate(**options: str | None) -> None:
     Logs the reference table, ROC-AUC, PR-AUC, balanced accuracy, log loss, ECE, TPR at 1% and
     5% FPR with bootstrap 95% intervals; the same on test images that are not copies of train
     images (test_dedup_*); the plots; a robustness suite (skip: --robustness false);
-    and a Grad-CAM grid. The model's stored temperature and threshold are used.
+    and a Grad-CAM grid. The model's stored temperature and threshold are used. A registered
+    version (models:/NAME/VERSION or models:/NAME@ALIAS) gets the results on its model card.
 
     
       cifake evaluate --model-uri models:/cifake-detector@champion --data PATH
@@ -37,6 +38,11 @@ def evaluate(**options: str | None) -> None:
         summary = evaluate_model(cfg)
     except (DataError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    from cifake_mlflow import registry
+
+    version = registry.attach_evaluation(cfg.model_uri, summary.run_id)
+    if version is not None:
+        click.echo(f"model card of {version[0]} v{version[1]} updated with this evaluation")
     click.echo(f"evaluation run {summary.run_id}")
 
 

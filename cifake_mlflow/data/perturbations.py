@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-#: The suite ``cifake evaluate`` runs by default (the issue's list, in that order).
+#: The suite ``cifake evaluate`` runs by default: each kind at a mild and a stronger setting
+#: (JPEG also at a near-lossless one), mildest first.
 DEFAULT_SUITE = (
     "jpeg90",
     "jpeg50",
@@ -36,8 +37,10 @@ DEFAULT_SUITE = (
     "blur1",
     "noise0.02",
     "noise0.05",
+    "downup0.75",
     "downup0.5",
     "crop0.875",
+    "crop0.75",
 )
 
 #: ``(uint8 images, rng, training) -> uint8 images``; ``training`` moves crops off-centre.
@@ -78,8 +81,9 @@ def _split(name: str) -> tuple[str, float]:
     return match.group(1), float(match.group(2))
 
 
-#: A metric measured after a transformation: ``robust_<name>_<roc_auc|accuracy>``.
-_ROBUST_METRIC = re.compile(r"^robust_(?P<name>.+)_(?P<metric>roc_auc|accuracy)$")
+#: A metric measured after a transformation: ``robust_<name>_<roc_auc|accuracy>`` on the test
+#: split (``cifake evaluate``), ``val_robust_...`` on validation (``--val-robustness``).
+_ROBUST_METRIC = re.compile(r"^(?P<split>val_)?robust_(?P<name>.+)_(?P<metric>roc_auc|accuracy)$")
 
 
 def split_robust_metric(metric: str) -> tuple[str, str] | None:
@@ -88,9 +92,21 @@ def split_robust_metric(metric: str) -> tuple[str, str] | None:
     Raises ValueError when the form fits but the transformation is not one (``robust_x_accuracy``).
     """
     match = _ROBUST_METRIC.match(metric)
-    if match is None:
+    if match is None or match["split"]:
         return None
     return parse_names(match["name"])[0], match["metric"]
+
+
+def robust_names(metric_keys: Iterable[str]) -> list[str]:
+    """The transformations that ``robust_*`` or ``val_robust_*`` metrics were measured after.
+
+    In :data:`DEFAULT_SUITE`'s order, others after it by name. Unlike
+    :func:`split_robust_metric` this does not check the names: tables over an old store show
+    whatever was logged there.
+    """
+    found = {m["name"] for key in metric_keys if (m := _ROBUST_METRIC.match(key))}
+    suite = list(DEFAULT_SUITE)
+    return sorted(found, key=lambda n: (suite.index(n) if n in suite else len(suite), n))
 
 
 def transform(name: str) -> Transform:

@@ -13,8 +13,8 @@ runs, with the temperature and threshold stored at training time) and logs:
 - ``robust_<transformation>_{accuracy,roc_auc,fpr}`` and one summary plot;
 - a Grad-CAM grid of correct and wrong predictions.
 
-Metrics are also attached to the evaluated model (MLflow's LoggedModel), and a registered
-version gets an ``evaluation_run_id`` tag, so the model's page links to its evaluation.
+Metrics are also attached to the evaluated model (MLflow's LoggedModel). ``cifake evaluate``
+then links a registered version to the run (:func:`cifake_mlflow.registry.attach_evaluation`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
 from cifake_mlflow import tracking
@@ -130,7 +129,6 @@ def evaluate_model(cfg: EvalConfig, progress: bool = True) -> EvalSummary:
         robust = _robustness(cfg, detector, images, labels, threshold) if cfg.robustness else None
         if cfg.explain_samples > 0:
             _gradcam_grid(cfg, detector, images, labels, full)
-        _link_registered_version(cfg.model_uri, run.info.run_id)
     return EvalSummary(run.info.run_id, full, subsets.get("dedup"), subsets.get("leakfree"), robust)
 
 
@@ -252,16 +250,3 @@ def _gradcam_grid(
         gradcam.grid_figure(images[picked], heatmaps, captions, title),
         "explanations/gradcam_grid.png",
     )
-
-
-def _link_registered_version(model_uri: str, run_id: str) -> None:
-    """Tag a registered version (models:/name/version or @alias) with this evaluation run."""
-    if not model_uri.startswith("models:/") or model_uri.startswith("models:/m-"):
-        return
-    name, _, ref = model_uri.removeprefix("models:/").partition("@")
-    client = MlflowClient()
-    if ref:
-        version = client.get_model_version_by_alias(name, ref).version
-    else:
-        name, _, version = name.partition("/")
-    client.set_model_version_tag(name, str(version), "evaluation_run_id", run_id)

@@ -17,7 +17,12 @@ from cifake_mlflow.registry.gate import (
     register_and_gate,
     score_model,
 )
-from cifake_mlflow.registry.register import register_run, run_config
+from cifake_mlflow.registry.register import (
+    attach_evaluation,
+    register_run,
+    registered_version,
+    run_config,
+)
 
 __all__ = [
     "CHALLENGER",
@@ -25,12 +30,14 @@ __all__ = [
     "GATE_METRICS",
     "GateDecision",
     "RegistryError",
+    "attach_evaluation",
     "champion",
     "champion_uri",
     "gate_metric",
     "logged_model_uri",
     "register_and_gate",
     "register_run",
+    "registered_version",
     "run_config",
     "score_model",
 ]

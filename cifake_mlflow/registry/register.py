@@ -3,6 +3,7 @@
 ``cifake register``, a study's best trial and the quick start's champion all come here: the
 run's model is gated against the champion on the validation split the run's own settings carve
 from the data (never the test split), and the new version's description becomes its model card.
+:func:`attach_evaluation` links a later ``cifake evaluate`` run to the version it scored.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from cifake_mlflow import MODEL_NAME, tracking
 from cifake_mlflow.data.dataset import Dataset, Splits
-from cifake_mlflow.registry.card import model_card
+from cifake_mlflow.registry.card import evaluation_section, model_card, with_evaluation
 from cifake_mlflow.registry.gate import GateDecision, logged_model_uri, register_and_gate
 from cifake_mlflow.training.config import TrainConfig
 from cifake_mlflow.training.run import prepare_data
@@ -75,3 +76,30 @@ def register_run(
     card = model_card(mlflow.get_run(run_id), decision, origin)
     MlflowClient().update_model_version(name, decision.version, description=card)
     return decision
+
+
+def registered_version(model_uri: str) -> tuple[str, str] | None:
+    """``(name, version)`` of ``models:/name/version`` or ``models:/name@alias``; None for any
+    other URI (a run's model, a LoggedModel ``models:/m-...``)."""
+    if not model_uri.startswith("models:/") or model_uri.startswith("models:/m-"):
+        return None
+    name, _, alias = model_uri.removeprefix("models:/").partition("@")
+    if alias:
+        return name, str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    name, _, version = name.partition("/")
+    return name, version
+
+
+def attach_evaluation(model_uri: str, evaluation_run_id: str) -> tuple[str, str] | None:
+    """Tag the registered version behind ``model_uri`` with its evaluation run and put the
+    run's metrics (test, leak-free, robustness) on its model card; None if it is not one."""
+    found = registered_version(model_uri)
+    if found is None:
+        return None
+    name, version = found
+    client = MlflowClient()
+    client.set_model_version_tag(name, version, "evaluation_run_id", evaluation_run_id)
+    card = client.get_model_version(name, version).description or ""
+    section = evaluation_section(mlflow.get_run(evaluation_run_id))
+    client.update_model_version(name, version, description=with_evaluation(card, section))
+    return found

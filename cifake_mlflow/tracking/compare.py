@@ -11,14 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-import re
 from dataclasses import dataclass
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from cifake_mlflow.data.perturbations import DEFAULT_SUITE
+from cifake_mlflow.data.perturbations import robust_names
 
 #: The reference design's published test report (accuracy and per-class precision/recall).
 REFERENCE = {
@@ -70,7 +69,6 @@ ROWS = (
 
 
 ROBUST_AFTER = "test_fake_f1_score"
-ROBUST = re.compile(r"^(?:val_)?robust_(?P<name>.+)_(?:accuracy|roc_auc)$")
 #: (row label, metric key) of one transformation's robustness rows.
 ROBUST_ROWS = (
     ("accuracy after {}", "robust_{}_accuracy"),
@@ -152,10 +150,8 @@ def _cell(value: float | None, key: str) -> str:
 
 def row_keys(columns: list[Column]) -> list[tuple[str, str]]:
     """:data:`ROWS`, with one robustness row per transformation any column has."""
-    names = {match["name"] for c in columns for key in c.metrics if (match := ROBUST.match(key))}
-    suite = list(DEFAULT_SUITE)
-    ordered = sorted(names, key=lambda n: (suite.index(n) if n in suite else len(suite), n))
-    found = [(label.format(n), key.format(n)) for n in ordered for label, key in ROBUST_ROWS]
+    names = robust_names(key for c in columns for key in c.metrics)
+    found = [(label.format(n), key.format(n)) for n in names for label, key in ROBUST_ROWS]
     keys = list(ROWS)
     at = next(i for i, (_, key) in enumerate(keys) if key == ROBUST_AFTER) + 1
     return keys[:at] + found + keys[at:]
