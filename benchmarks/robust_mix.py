@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 from common import extract_train_subset, result, script_main, training_rate
+from widths import compiled
 
 import cifake_mlflow  # noqa: F401  (before TensorFlow: its start-up lines stay off the console)
 
@@ -34,14 +35,12 @@ def pipelines(data: Path, per_class: int, cache: Path):
     """The compiled model and its two training pipelines (without and with the mix)."""
     from cifake_mlflow.data.dataset import load_dataset
     from cifake_mlflow.data.pipeline import augmenter, make_dataset, robust_augmenter
-    from cifake_mlflow.modeling.mobilenet import build_model
     from cifake_mlflow.training.config import TrainConfig
-    from cifake_mlflow.training.fit import build_optimizer, compile_model
 
+    model, batch = compiled({})  # the accurate recipe's model, as widths.py times it
     cfg = TrainConfig(
-        weights="none", image_size=32, stem_stride=1, weight_decay=0.05, zoom=0.0,
-        rotation=0.0, shift=4, robust_augment=MIX, robust_augment_rate=RATE,
-    )  # fmt: skip
+        zoom=0.0, rotation=0.0, shift=4, robust_augment=MIX, robust_augment_rate=RATE
+    )  # the recipe's augmentation; the model's options are in ``compiled``
     ds = load_dataset(extract_train_subset(data, per_class, cache / "files"), cache, progress=False)
     train = ds.indices("train")
     images, labels = ds.images[train], ds.labels[train]
@@ -49,12 +48,9 @@ def pipelines(data: Path, per_class: int, cache: Path):
     def feed(robust: bool):
         mix = robust_augmenter(cfg) if robust else None
         kwargs = {"shuffle": True, "augment": augmenter(cfg), "robust": mix, "seed": cfg.seed}
-        return make_dataset(images, labels, cfg.batch_size, **kwargs).repeat()
+        return make_dataset(images, labels, batch, **kwargs).repeat()
 
-    model = build_model(cfg)
-    compile_model(model, cfg, steps_per_epoch=1000)
-    build_optimizer(model)
-    return model, cfg.batch_size, {"plain": feed(False), "robust_mix": feed(True)}
+    return model, batch, {"plain": feed(False), "robust_mix": feed(True)}
 
 
 def run(data: Path, quick: bool = False) -> dict[str, dict]:

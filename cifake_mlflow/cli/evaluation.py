@@ -28,7 +28,7 @@ def evaluate(**options: str | None) -> None:
       cifake evaluate --model-uri models:/cifake-detector@champion --data PATH
       cifake evaluate --model-uri runs:/<run_id>/model --data test.zip --max-images 2000
     """
-    from cifake_mlflow import tracking
+    from cifake_mlflow import registry, tracking
     from cifake_mlflow.data.dataset import DataError
     from cifake_mlflow.evaluation.run import evaluate_model
 
@@ -38,8 +38,6 @@ def evaluate(**options: str | None) -> None:
         summary = evaluate_model(cfg)
     except (DataError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    from cifake_mlflow import registry
-
     version = registry.attach_evaluation(cfg.model_uri, summary.run_id)
     if version is not None:
         click.echo(f"model card of {version[0]} v{version[1]} updated with this evaluation")

@@ -20,7 +20,6 @@ from cifake_mlflow.registry.gate import (
 from cifake_mlflow.registry.register import (
     attach_evaluation,
     register_run,
-    registered_version,
     run_config,
 )
 
@@ -37,7 +36,6 @@ __all__ = [
     "logged_model_uri",
     "register_and_gate",
     "register_run",
-    "registered_version",
     "run_config",
     "score_model",
 ]

@@ -17,6 +17,7 @@ from cifake_mlflow import MODEL_NAME, tracking
 from cifake_mlflow.data.dataset import Dataset, Splits
 from cifake_mlflow.registry.card import evaluation_section, model_card, with_evaluation
 from cifake_mlflow.registry.gate import GateDecision, logged_model_uri, register_and_gate
+from cifake_mlflow.tracking.compare import registered_version
 from cifake_mlflow.training.config import TrainConfig
 from cifake_mlflow.training.run import prepare_data
 
@@ -78,28 +79,19 @@ def register_run(
     return decision
 
 
-def registered_version(model_uri: str) -> tuple[str, str] | None:
-    """``(name, version)`` of ``models:/name/version`` or ``models:/name@alias``; None for any
-    other URI (a run's model, a LoggedModel ``models:/m-...``)."""
-    if not model_uri.startswith("models:/") or model_uri.startswith("models:/m-"):
-        return None
-    name, _, alias = model_uri.removeprefix("models:/").partition("@")
-    if alias:
-        return name, str(MlflowClient().get_model_version_by_alias(name, alias).version)
-    name, _, version = name.partition("/")
-    return name, version
-
-
 def attach_evaluation(model_uri: str, evaluation_run_id: str) -> tuple[str, str] | None:
     """Tag the registered version behind ``model_uri`` with its evaluation run and put the
-    run's metrics (test, leak-free, robustness) on its model card; None if it is not one."""
-    found = registered_version(model_uri)
-    if found is None:
+    run's metrics (test, leak-free, robustness) on its model card.
+
+    Returns ``(name, version)``, or None when ``model_uri`` names no registered version.
+    """
+    version = registered_version(model_uri)
+    if version is None:
         return None
-    name, version = found
+    name, number = version.name, str(version.version)
     client = MlflowClient()
-    client.set_model_version_tag(name, version, "evaluation_run_id", evaluation_run_id)
-    card = client.get_model_version(name, version).description or ""
+    client.set_model_version_tag(name, number, "evaluation_run_id", evaluation_run_id)
     section = evaluation_section(mlflow.get_run(evaluation_run_id))
-    client.update_model_version(name, version, description=with_evaluation(card, section))
-    return found
+    card = with_evaluation(version.description or "", section)
+    client.update_model_version(name, number, description=card)
+    return name, number
