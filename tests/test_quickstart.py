@@ -25,7 +25,8 @@ def shrunk(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     space = tmp_path / "space.yaml"
     space.write_text("learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}\n")
     monkeypatch.setattr(qs, "QUICK_RECIPE", {**qs.QUICK_RECIPE, "epochs": 1, "batch_size": 16})
-    monkeypatch.setattr(qs, "QUICK_TRIALS", {"max_train_images": 40, "max_test_images": 10})
+    trials = {**qs.QUICK_TRIALS, "max_train_images": 40, "max_test_images": 10, "epochs": 1}
+    monkeypatch.setattr(qs, "QUICK_TRIALS", trials)
     monkeypatch.setattr(
         qs, "QUICK_STUDY", {**qs.QUICK_STUDY, "n_trials": 2, "search_space": str(space)}
     )

@@ -336,6 +336,8 @@ def log_training(result: TrainResult) -> None:
     }
     mlflow.log_metrics(metrics)
     mlflow.set_tag("stopped_early", str(result.stopped_early).lower())
+    if result.stopped_by_budget:
+        mlflow.set_tag("stopped_by_time_budget", "true")
 
 
 def log_evaluation(

@@ -51,6 +51,7 @@ class TrainConfig(TextConfig):
         "max_train_images": ("all",),
         "max_test_images": ("all",),
         "target_fpr": ("none", ""),
+        "max_minutes": ("none", ""),
     }
     SPECIAL_WORDS: ClassVar[dict[str, dict[str, Any]]] = {
         "unfrozen_layers": {"all": MOBILENETV2_DEPTH}
@@ -62,6 +63,14 @@ class TrainConfig(TextConfig):
     )
     epochs: int = field(
         default=20, **described("maximum epochs (early stopping usually ends sooner)")
+    )
+    max_minutes: float | None = field(
+        default=None,
+        **described(
+            "training time budget in minutes ('none': off): the training step is timed on "
+            "this machine, the cosine decay is sized to the steps that fit, `epochs` becomes "
+            "a cap, and training ends when the budget is spent"
+        ),
     )
     image_size: int = field(default=160, **described("model input side in pixels (>= 32)"))
     stem_stride: int = field(
@@ -264,6 +273,8 @@ class TrainConfig(TextConfig):
         if self.target_fpr is not None:
             in_range(self, "target_fpr", 0.0, 1.0, high_open=True)
         in_range(self, "robust_augment_rate", 0.0, 1.0)
+        if self.max_minutes is not None:
+            in_range(self, "max_minutes", 0.0, 10_000.0, low_open=True)
         check_transforms("robust_augment", self.robust_augment)
         check_transforms("val_robustness", self.val_robustness)
         if self.bn_momentum is not None:

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from cifake_mlflow import console
+from cifake_mlflow.training.budget import BudgetedCosineDecay, TimeBudget
 from cifake_mlflow.training.config import TrainConfig
 
 
@@ -29,6 +30,7 @@ class TrainResult:
     best_epoch: int  # 1-based epoch whose weights the model holds
     stopped_early: bool
     seconds: float
+    stopped_by_budget: bool = False  # the time budget (``max_minutes``) ended training
 
 
 class EpochStats(keras.callbacks.Callback):
@@ -52,29 +54,44 @@ Schedule = keras.optimizers.schedules.LearningRateSchedule
 
 
 def learning_rate(cfg: TrainConfig, steps_per_epoch: int) -> float | Schedule:
-    """Constant rate, or cosine decay to zero over all planned steps."""
+    """Constant rate, or cosine decay to zero over all planned steps.
+
+    With a time budget the cosine's length is re-planned while training runs
+    (:class:`~cifake_mlflow.training.budget.BudgetedCosineDecay`).
+    """
+    steps = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.lr_schedule == "cosine" and cfg.max_minutes is not None:
+        return BudgetedCosineDecay(cfg.learning_rate, decay_steps=steps)
     if cfg.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(
-            cfg.learning_rate, decay_steps=max(1, cfg.epochs * steps_per_epoch)
-        )
+        return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=steps)
     return cfg.learning_rate
 
 
-def optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+def optimizer(
+    cfg: TrainConfig, steps_per_epoch: int, rate: float | Schedule | None = None
+) -> keras.optimizers.Optimizer:
     """Adam, or AdamW when ``weight_decay`` is set (decay decoupled from the gradient step)."""
-    rate = learning_rate(cfg, steps_per_epoch)
+    if rate is None:
+        rate = learning_rate(cfg, steps_per_epoch)
     if cfg.weight_decay > 0:
         return keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay)
     return keras.optimizers.Adam(rate)
 
 
 def compile_model(
-    model: keras.Model, cfg: TrainConfig, steps_per_epoch: int, jit_compile: bool = False
+    model: keras.Model,
+    cfg: TrainConfig,
+    steps_per_epoch: int,
+    jit_compile: bool = False,
+    rate: float | Schedule | None = None,
 ) -> None:
-    """Adam (AdamW with weight decay) + binary cross-entropy, tracking accuracy and ROC-AUC."""
+    """Adam (AdamW with weight decay) + binary cross-entropy, tracking accuracy and ROC-AUC.
+
+    ``rate``: the learning rate or schedule, when the caller must keep hold of it.
+    """
     model.compile(
         jit_compile=jit_compile,
-        optimizer=optimizer(cfg, steps_per_epoch),
+        optimizer=optimizer(cfg, steps_per_epoch, rate),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=[
             keras.metrics.BinaryAccuracy(name="accuracy"),
@@ -178,16 +195,19 @@ def fit(
     ``calibration_data`` (clean, shuffled training batches) re-estimates BatchNorm statistics
     before every validation pass (:class:`PreciseBatchNorm`), so early stopping judges, and the
     restored best weights carry, the statistics that inference will use. ``strategy`` must be
-    the one the model was built under; ``batch_size`` is then the global batch.
+    the one the model was built under; ``batch_size`` is then the global batch. With
+    ``max_minutes`` set, training ends when the time budget is spent (:class:`TimeBudget`).
     """
     steps = int(train_data.cardinality().numpy())
+    rate = learning_rate(cfg, steps)
     with (strategy or tf.distribute.get_strategy()).scope():
-        compile_model(model, cfg, steps, jit_compile)
+        compile_model(model, cfg, steps, jit_compile, rate)
         build_optimizer(model)
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=cfg.patience, restore_best_weights=True, verbose=1
     )
     precise = [PreciseBatchNorm(calibration_data)] if calibration_data is not None else []
+    budget = time_budget(cfg, rate, steps, val_data, calibration_data)
     if verbose is None:
         verbose = console.verbosity()
     start = time.perf_counter()
@@ -196,7 +216,7 @@ def fit(
         train_data,
         validation_data=val_data,
         epochs=cfg.epochs,
-        callbacks=[stats, *precise, stopper, *callbacks],
+        callbacks=[stats, *precise, *budget, stopper, *callbacks],
         verbose=verbose,
         shuffle=False,  # the tf.data pipeline shuffles
     )
@@ -211,4 +231,30 @@ def fit(
         best_epoch=best,
         stopped_early=stopper.stopped_epoch > 0,
         seconds=seconds,
+        stopped_by_budget=any(b.spent for b in budget),
     )
+
+
+def time_budget(
+    cfg: TrainConfig,
+    rate: float | Schedule,
+    steps_per_epoch: int,
+    val_data: tf.data.Dataset,
+    calibration_data: tf.data.Dataset | None,
+) -> list[TimeBudget]:
+    """The :class:`TimeBudget` callback for ``max_minutes`` (none without a budget)."""
+    if cfg.max_minutes is None:
+        return []
+    eval_batches = int(val_data.cardinality().numpy())
+    if calibration_data is not None:
+        eval_batches += cfg.bn_recalibration_batches
+    schedule = rate if isinstance(rate, BudgetedCosineDecay) else None
+    return [
+        TimeBudget(
+            cfg.max_minutes * 60,
+            steps_per_epoch,
+            max_steps=cfg.epochs * steps_per_epoch,
+            eval_batches=eval_batches,
+            schedule=schedule,
+        )
+    ]

@@ -1,0 +1,150 @@
+"""Training inside a wall-clock budget: the schedule is sized to the steps the machine can run.
+
+Machines of one kind differ in speed by 1.6x or more, so a recipe fixed in epochs either
+overruns its minutes on a slow machine or leaves minutes unused on a fast one. With a budget
+(``--max-minutes``), :class:`TimeBudget` measures the training step on the machine at hand,
+plans how many steps fit before the budget ends (the last validation pass included), and
+stretches or shrinks the cosine decay to end exactly there, so the run is a complete schedule
+whatever the machine (a truncated schedule would stop at a high learning rate). ``epochs``
+becomes a cap.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+#: Steps after the first (which includes tracing) before the step time is trusted.
+WARMUP_STEPS = 10
+#: Until a whole epoch has been timed, validation and BatchNorm recalibration are assumed to
+#: cost this share of a training step per batch they process (inference only, no gradients).
+INFERENCE_SHARE = 0.5
+
+
+@keras.saving.register_keras_serializable(package="cifake")
+class BudgetedCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Keras' cosine decay to zero, with a length that may change while training runs.
+
+    ``decay_steps`` lives in a variable that the traced training step reads, so a new plan
+    takes effect at the next step without retracing.
+    """
+
+    def __init__(self, initial_learning_rate: float, decay_steps: int) -> None:
+        super().__init__()
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.decay_steps = tf.Variable(
+            float(max(1, decay_steps)), trainable=False, dtype=tf.float32, name="decay_steps"
+        )
+
+    def __call__(self, step: tf.Tensor) -> tf.Tensor:
+        done = tf.minimum(tf.cast(step, tf.float32), self.decay_steps)
+        return self.initial_learning_rate * 0.5 * (1.0 + tf.cos(math.pi * done / self.decay_steps))
+
+    def set_steps(self, steps: int) -> None:
+        """End the decay after ``steps`` optimizer steps in all."""
+        self.decay_steps.assign(float(max(1, steps)))
+
+    def get_config(self) -> dict[str, float | int]:
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": int(self.decay_steps.numpy()),
+        }
+
+
+def steps_that_fit(
+    remaining_seconds: float, step_seconds: float, overhead_seconds: float, steps_per_epoch: int
+) -> int:
+    """Training steps that fit in ``remaining_seconds``, with validation's cost counted in.
+
+    Each epoch adds ``overhead_seconds`` (validation, BatchNorm recalibration); one such pass
+    is reserved for the end, where Keras validates the last, possibly partial, epoch.
+    """
+    usable = remaining_seconds - overhead_seconds
+    if usable <= 0:
+        return 0
+    per_step = step_seconds + overhead_seconds / steps_per_epoch
+    return int(usable / per_step)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Plans the training steps that fit in ``seconds`` and stops training when they are done.
+
+    It plans once the step time is measured (after :data:`WARMUP_STEPS`) and again after every
+    epoch, when the epoch's own cost of validation is known; each plan resizes ``schedule``
+    (if given). ``eval_batches`` is the number of batches validation and recalibration process
+    per epoch, for the estimate before the first epoch ends. ``clock`` reads seconds.
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        steps_per_epoch: int,
+        max_steps: int,
+        eval_batches: int = 0,
+        schedule: BudgetedCosineDecay | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        super().__init__()
+        self.clock = clock
+        self.seconds = seconds
+        self.steps_per_epoch = steps_per_epoch
+        self.max_steps = max_steps
+        self.eval_batches = eval_batches
+        self.schedule = schedule
+        self.planned_steps = max_steps
+        self.spent = False
+        self.steps_done = 0
+        self._overhead: float | None = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._start = self.clock()
+        self._step_seconds: float | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch_steps = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        now = self.clock()
+        self.steps_done += 1
+        self._epoch_steps += 1
+        if self._epoch_steps == 1:  # the clock starts after the first step (tracing, prefetch)
+            self._first_step_end = now
+        elif self._epoch_steps == 1 + WARMUP_STEPS and self._step_seconds is None:
+            self._step_seconds = (now - self._first_step_end) / WARMUP_STEPS
+            self._plan(now)
+        self._last_step_end = now
+        if self.steps_done >= self.planned_steps:
+            self._stop()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        now = self.clock()
+        if self._epoch_steps > 1 + WARMUP_STEPS:
+            # This epoch's own rate, and what validation after it cost.
+            timed = self._last_step_end - self._first_step_end
+            self._step_seconds = timed / (self._epoch_steps - 1)
+            self._overhead = now - self._last_step_end
+        if self._step_seconds is not None and not self.model.stop_training:
+            self._plan(now)
+        if logs is not None:
+            logs["planned_epochs"] = self.planned_steps / self.steps_per_epoch
+
+    def _plan(self, now: float) -> None:
+        step = self._step_seconds or 0.0
+        overhead = self._overhead
+        if overhead is None:
+            overhead = self.eval_batches * step * INFERENCE_SHARE
+        remaining = self.seconds - (now - self._start)
+        more = steps_that_fit(remaining, step, overhead, self.steps_per_epoch)
+        self.planned_steps = min(self.max_steps, self.steps_done + more)
+        if self.schedule is not None:
+            self.schedule.set_steps(self.planned_steps)
+        if self.steps_done >= self.planned_steps:
+            self._stop()
+
+    def _stop(self) -> None:
+        self.spent = self.planned_steps < self.max_steps
+        self.model.stop_training = True

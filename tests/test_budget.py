@@ -1,0 +1,150 @@
+"""Training in a time budget: the plan, the resizable cosine, and real Keras fits that obey it."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cifake_mlflow.config import ConfigError
+from cifake_mlflow.data.pipeline import make_dataset
+from cifake_mlflow.modeling.mobilenet import build_model
+from cifake_mlflow.training.budget import (
+    WARMUP_STEPS,
+    BudgetedCosineDecay,
+    TimeBudget,
+    steps_that_fit,
+)
+from cifake_mlflow.training.config import TrainConfig
+from cifake_mlflow.training.fit import fit
+
+
+@pytest.mark.fast
+def test_steps_that_fit_reserve_the_last_validation() -> None:
+    # 100 s left, 10 s of validation per 10-step epoch: 90 s for steps costing 1 + 1 s each.
+    assert steps_that_fit(100.0, 1.0, 10.0, 10) == 45
+    assert steps_that_fit(100.0, 1.0, 0.0, 10) == 100
+    assert steps_that_fit(9.0, 1.0, 10.0, 10) == 0
+
+
+@pytest.mark.fast
+def test_budgeted_cosine_is_keras_cosine_of_the_planned_length() -> None:
+    schedule = BudgetedCosineDecay(1e-3, decay_steps=100)
+    for steps in (100, 37):
+        schedule.set_steps(steps)
+        reference = keras.optimizers.schedules.CosineDecay(1e-3, decay_steps=steps)
+        for step in (0, 1, steps // 2, steps - 1, steps, steps + 5):
+            assert float(schedule(step)) == pytest.approx(float(reference(step)), abs=1e-9)
+    assert float(schedule(37)) == 0.0
+
+
+@pytest.mark.fast
+def test_budgeted_cosine_survives_serialisation() -> None:
+    schedule = BudgetedCosineDecay(2e-3, decay_steps=10)
+    schedule.set_steps(44)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    assert isinstance(again, BudgetedCosineDecay)
+    assert again.get_config() == {"initial_learning_rate": 2e-3, "decay_steps": 44}
+
+
+@pytest.mark.fast
+def test_max_minutes_is_validated() -> None:
+    assert TrainConfig(max_minutes=55).max_minutes == 55
+    assert TrainConfig.from_strings({"max_minutes": "none"}).max_minutes is None
+    with pytest.raises(ConfigError, match="max_minutes"):
+        TrainConfig(max_minutes=0)
+
+
+class FakeTime(keras.callbacks.Callback):
+    """A clock that training moves: each step costs ``step`` s, each validation ``validation``."""
+
+    def __init__(self, step: float, validation: float) -> None:
+        super().__init__()
+        self.now, self.step, self.validation = 0.0, step, validation
+
+    def __call__(self) -> float:
+        return self.now
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self.now += self.step
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        self.now += self.validation
+
+
+def tiny_data(n: int, batch: int) -> tf.data.Dataset:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    y = (x[:, :1] > 0).astype("float32")
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+
+
+def test_a_budget_ends_training_with_the_schedule_at_zero() -> None:
+    """Plan on a clock where a step costs 1 s and validation 5 s: the fit must end inside 60 s,
+    having shrunk the cosine so that its last step is the last one planned.
+
+    Step 11 plans 45 more steps (49 s left, validation guessed at 1 s); after epoch 1 the
+    measured 5 s of validation leaves room for 24 more (44 in all), which epoch 3 ends.
+    """
+    clock = FakeTime(step=1.0, validation=5.0)
+    schedule = BudgetedCosineDecay(1e-2, decay_steps=20 * 100)
+    budget = TimeBudget(
+        60.0, 20, max_steps=20 * 100, eval_batches=2, schedule=schedule, clock=clock
+    )
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="binary_crossentropy")
+    history = model.fit(
+        tiny_data(320, 16),
+        validation_data=tiny_data(32, 16),
+        epochs=100,
+        callbacks=[clock, budget],
+        verbose=0,
+        shuffle=False,
+    )
+    assert budget.spent and budget.planned_steps == 44
+    assert int(model.optimizer.iterations.numpy()) == 44
+    assert len(history.epoch) == 3
+    assert clock.now <= 60.0
+    assert float(schedule(model.optimizer.iterations)) == 0.0
+    assert history.history["planned_epochs"] == pytest.approx([44 / 20] * 3)
+
+
+def test_the_epoch_cap_holds_when_the_budget_is_generous() -> None:
+    clock = FakeTime(step=1.0, validation=0.0)
+    schedule = BudgetedCosineDecay(1e-2, decay_steps=40)
+    budget = TimeBudget(10_000.0, 20, max_steps=40, schedule=schedule, clock=clock)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="binary_crossentropy")
+    history = model.fit(
+        tiny_data(320, 16), epochs=2, callbacks=[clock, budget], verbose=0, shuffle=False
+    )
+    assert not budget.spent
+    assert len(history.epoch) == 2
+    assert schedule.get_config()["decay_steps"] == 40
+
+
+def test_fit_with_max_minutes_stops_the_real_detector() -> None:
+    """Through the project's fit, on the real clock: a budget far shorter than warm-up stops
+    MobileNetV2 at its first plan, after the warm-up steps, and says the budget ended it."""
+    cfg = TrainConfig(
+        weights="none",
+        image_size=32,
+        stem_stride=1,
+        alpha=0.35,
+        epochs=3,
+        batch_size=8,
+        lr_schedule="cosine",
+        max_minutes=1e-4,
+    )
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (160, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(160) % 2
+    model = build_model(cfg)
+    train = make_dataset(images, labels, cfg.batch_size, shuffle=True, seed=0)
+    val = make_dataset(images[:16], labels[:16], cfg.batch_size)
+    result = fit(model, train, val, cfg, verbose=0)
+    assert result.stopped_by_budget
+    assert result.epochs_run == 1
+    assert int(model.optimizer.iterations.numpy()) == 1 + WARMUP_STEPS
+    assert result.history["learning_rate"][-1] == 0.0
