@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -57,17 +59,18 @@ def test_max_minutes_is_validated() -> None:
 
 
 class FakeTime(keras.callbacks.Callback):
-    """A clock that training moves: each step costs ``step`` s, each validation ``validation``."""
+    """A clock that training moves: each step costs ``step`` s, an epoch's first step
+    ``refill`` s more (the input pipeline restarting), each validation ``validation`` s."""
 
-    def __init__(self, step: float, validation: float) -> None:
+    def __init__(self, step: float, validation: float, refill: float = 0.0) -> None:
         super().__init__()
-        self.now, self.step, self.validation = 0.0, step, validation
+        self.now, self.step, self.validation, self.refill = 0.0, step, validation, refill
 
     def __call__(self) -> float:
         return self.now
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        self.now += self.step
+        self.now += self.step + (self.refill if batch == 0 else 0.0)
 
     def on_test_begin(self, logs: dict | None = None) -> None:
         self.now += self.validation
@@ -80,48 +83,76 @@ def tiny_data(n: int, batch: int) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
 
 
-def test_a_budget_ends_training_with_the_schedule_at_zero() -> None:
-    """Plan on a clock where a step costs 1 s and validation 5 s: the fit must end inside 60 s,
-    having shrunk the cosine so that its last step is the last one planned.
-
-    Step 11 plans 45 more steps (49 s left, validation guessed at 1 s); after epoch 1 the
-    measured 5 s of validation leaves room for 24 more (44 in all), which epoch 3 ends.
-    """
-    clock = FakeTime(step=1.0, validation=5.0)
-    schedule = BudgetedCosineDecay(1e-2, decay_steps=20 * 100)
+def budgeted_fit(
+    clock: FakeTime, seconds: float, n: int, epochs: int = 100
+) -> tuple[keras.Model, TimeBudget, BudgetedCosineDecay, dict]:
+    """A tiny real Keras fit (batches of 16) under ``TimeBudget`` on the fake clock."""
+    steps_per_epoch = n // 16
+    schedule = BudgetedCosineDecay(1e-2, decay_steps=steps_per_epoch * epochs)
     budget = TimeBudget(
-        60.0, 20, max_steps=20 * 100, eval_batches=2, schedule=schedule, clock=clock
+        seconds,
+        steps_per_epoch,
+        max_steps=steps_per_epoch * epochs,
+        eval_batches=2,
+        schedule=schedule,
+        clock=clock,
     )
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss="binary_crossentropy")
     history = model.fit(
-        tiny_data(320, 16),
+        tiny_data(n, 16),
         validation_data=tiny_data(32, 16),
-        epochs=100,
+        epochs=epochs,
         callbacks=[clock, budget],
         verbose=0,
         shuffle=False,
     )
-    assert budget.spent and budget.planned_steps == 44
-    assert int(model.optimizer.iterations.numpy()) == 44
-    assert len(history.epoch) == 3
-    assert clock.now <= 60.0
+    return model, budget, schedule, history.history
+
+
+def test_a_budget_ends_training_with_the_schedule_at_zero() -> None:
+    """Steps of 1 s, validation 5 s, 2 s to refill the pipeline, 20-step epochs, 70 s.
+
+    Step 11 plans 53 more steps (57 s left, validation guessed at 1 s); epoch 1's measured 5 s
+    of validation cut the plan to 50 steps, and epoch 2's 7 s (validation and refill) to 46,
+    which the third epoch ends, still inside the 70 s.
+    """
+    clock = FakeTime(step=1.0, validation=5.0, refill=2.0)
+    model, budget, schedule, history = budgeted_fit(clock, 70.0, n=320)
+    assert budget.spent and budget.planned_steps == 46
+    assert int(model.optimizer.iterations.numpy()) == 46
+    assert len(history["loss"]) == 3
+    assert clock.now <= 70.0
     assert float(schedule(model.optimizer.iterations)) == 0.0
-    assert history.history["planned_epochs"] == pytest.approx([44 / 20] * 3)
+    assert history["planned_epochs"] == pytest.approx([50 / 20, 46 / 20, 46 / 20])
+
+
+def test_epochs_shorter_than_the_warm_up_are_budgeted_too() -> None:
+    clock = FakeTime(step=1.0, validation=1.0)
+    model, budget, schedule, history = budgeted_fit(clock, 30.0, n=64)  # 4-step epochs
+    assert budget.spent
+    assert len(history["loss"]) < 100
+    assert int(model.optimizer.iterations.numpy()) == budget.planned_steps
+    assert clock.now <= 30.0
+    assert float(schedule(model.optimizer.iterations)) == 0.0
 
 
 def test_the_epoch_cap_holds_when_the_budget_is_generous() -> None:
     clock = FakeTime(step=1.0, validation=0.0)
-    schedule = BudgetedCosineDecay(1e-2, decay_steps=40)
-    budget = TimeBudget(10_000.0, 20, max_steps=40, schedule=schedule, clock=clock)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="binary_crossentropy")
-    history = model.fit(
-        tiny_data(320, 16), epochs=2, callbacks=[clock, budget], verbose=0, shuffle=False
-    )
+    _, budget, schedule, history = budgeted_fit(clock, 10_000.0, n=320, epochs=2)
     assert not budget.spent
-    assert len(history.epoch) == 2
+    assert len(history["loss"]) == 2
     assert schedule.get_config()["decay_steps"] == 40
+
+
+def test_a_budgeted_model_saves_and_loads_with_its_schedule(tmp_path: Path) -> None:
+    clock = FakeTime(step=1.0, validation=5.0)
+    model, budget, _, _ = budgeted_fit(clock, 60.0, n=320)
+    model.save(tmp_path / "detector.keras")
+    loaded = keras.models.load_model(tmp_path / "detector.keras")
+    schedule = loaded.optimizer._learning_rate  # Keras keeps the schedule object here
+    assert isinstance(schedule, BudgetedCosineDecay)
+    assert schedule.get_config()["decay_steps"] == budget.planned_steps
 
 
 def test_fit_with_max_minutes_stops_the_real_detector() -> None:

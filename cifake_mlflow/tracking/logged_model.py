@@ -19,6 +19,9 @@ import cifake_mlflow
 from cifake_mlflow.evaluation.calibration import Calibration
 from cifake_mlflow.modeling.mobilenet import export_saved_model
 from cifake_mlflow.tracking.schema import signature
+
+# Registers BudgetedCosineDecay, which the .keras file of a budgeted run names.
+from cifake_mlflow.training import budget as _budget  # noqa: F401
 from cifake_mlflow.training.config import TrainConfig
 
 if TYPE_CHECKING:

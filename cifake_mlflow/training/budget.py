@@ -73,10 +73,12 @@ def steps_that_fit(
 class TimeBudget(keras.callbacks.Callback):
     """Plans the training steps that fit in ``seconds`` and stops training when they are done.
 
-    It plans once the step time is measured (after :data:`WARMUP_STEPS`) and again after every
-    epoch, when the epoch's own cost of validation is known; each plan resizes ``schedule``
-    (if given). ``eval_batches`` is the number of batches validation and recalibration process
-    per epoch, for the estimate before the first epoch ends. ``clock`` reads seconds.
+    It plans once :data:`WARMUP_STEPS` steps are timed and again after every epoch, with that
+    epoch's own step time and the time around its steps (validation, recalibration, refilling
+    the input pipeline); each plan resizes ``schedule`` (if given). Steps are the optimizer's
+    iterations, which the schedule reads too, so the model must have a fresh optimizer.
+    ``eval_batches`` is the number of batches validation and recalibration process per epoch,
+    for the estimate before the first epoch ends. ``clock`` reads seconds.
     """
 
     def __init__(
@@ -89,48 +91,58 @@ class TimeBudget(keras.callbacks.Callback):
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         super().__init__()
-        self.clock = clock
         self.seconds = seconds
         self.steps_per_epoch = steps_per_epoch
         self.max_steps = max_steps
         self.eval_batches = eval_batches
         self.schedule = schedule
+        self.clock = clock
         self.planned_steps = max_steps
         self.spent = False
-        self.steps_done = 0
-        self._overhead: float | None = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._start = self.clock()
+        self.planned_steps, self.spent = self.max_steps, False
         self._step_seconds: float | None = None
+        self._overhead: float | None = None
+        self._timed_steps, self._timed_seconds, self._epochs_done = 0, 0.0, 0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch_start = self.clock()
         self._epoch_steps = 0
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         now = self.clock()
-        self.steps_done += 1
         self._epoch_steps += 1
-        if self._epoch_steps == 1:  # the clock starts after the first step (tracing, prefetch)
+        if self._epoch_steps == 1:  # it also traces the step or refills the pipeline
             self._first_step_end = now
-        elif self._epoch_steps == 1 + WARMUP_STEPS and self._step_seconds is None:
-            self._step_seconds = (now - self._first_step_end) / WARMUP_STEPS
-            self._plan(now)
+        else:
+            self._timed_steps += 1
+            self._timed_seconds += now - self._last_step_end
         self._last_step_end = now
-        if self.steps_done >= self.planned_steps:
-            self._stop()
+        if self._step_seconds is None and self._timed_steps >= WARMUP_STEPS:
+            self._step_seconds = self._timed_seconds / self._timed_steps
+            self._plan(now)
+        self._stop_if_done()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         now = self.clock()
-        if self._epoch_steps > 1 + WARMUP_STEPS:
-            # This epoch's own rate, and what validation after it cost.
-            timed = self._last_step_end - self._first_step_end
-            self._step_seconds = timed / (self._epoch_steps - 1)
-            self._overhead = now - self._last_step_end
+        if self._epoch_steps >= 2:
+            self._measure_epoch(now)
+        self._epochs_done += 1
         if self._step_seconds is not None and not self.model.stop_training:
             self._plan(now)
+            self._stop_if_done()
         if logs is not None:
             logs["planned_epochs"] = self.planned_steps / self.steps_per_epoch
+
+    def _measure_epoch(self, now: float) -> None:
+        """This epoch's step time, and the seconds of its epoch spent around the steps."""
+        step = (self._last_step_end - self._first_step_end) / (self._epoch_steps - 1)
+        overhead = now - self._last_step_end
+        if self._epochs_done:  # after the first epoch, the first step's extra is the refill
+            overhead += max(0.0, self._first_step_end - self._epoch_start - step)
+        self._step_seconds, self._overhead = step, overhead
 
     def _plan(self, now: float) -> None:
         step = self._step_seconds or 0.0
@@ -139,12 +151,14 @@ class TimeBudget(keras.callbacks.Callback):
             overhead = self.eval_batches * step * INFERENCE_SHARE
         remaining = self.seconds - (now - self._start)
         more = steps_that_fit(remaining, step, overhead, self.steps_per_epoch)
-        self.planned_steps = min(self.max_steps, self.steps_done + more)
+        self.planned_steps = min(self.max_steps, self._steps_done() + more)
         if self.schedule is not None:
             self.schedule.set_steps(self.planned_steps)
-        if self.steps_done >= self.planned_steps:
-            self._stop()
 
-    def _stop(self) -> None:
-        self.spent = self.planned_steps < self.max_steps
-        self.model.stop_training = True
+    def _steps_done(self) -> int:
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def _stop_if_done(self) -> None:
+        if self._steps_done() >= self.planned_steps:
+            self.spent = self.planned_steps < self.max_steps
+            self.model.stop_training = True

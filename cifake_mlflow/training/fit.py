@@ -199,8 +199,8 @@ def fit(
     ``max_minutes`` set, training ends when the time budget is spent (:class:`TimeBudget`).
     """
     steps = int(train_data.cardinality().numpy())
-    rate = learning_rate(cfg, steps)
     with (strategy or tf.distribute.get_strategy()).scope():
+        rate = learning_rate(cfg, steps)  # kept: a time budget resizes it while training runs
         compile_model(model, cfg, steps, jit_compile, rate)
         build_optimizer(model)
     stopper = keras.callbacks.EarlyStopping(
