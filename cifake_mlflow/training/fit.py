@@ -67,12 +67,8 @@ def learning_rate(cfg: TrainConfig, steps_per_epoch: int) -> float | Schedule:
     return cfg.learning_rate
 
 
-def optimizer(
-    cfg: TrainConfig, steps_per_epoch: int, rate: float | Schedule | None = None
-) -> keras.optimizers.Optimizer:
+def optimizer(cfg: TrainConfig, rate: float | Schedule) -> keras.optimizers.Optimizer:
     """Adam, or AdamW when ``weight_decay`` is set (decay decoupled from the gradient step)."""
-    if rate is None:
-        rate = learning_rate(cfg, steps_per_epoch)
     if cfg.weight_decay > 0:
         return keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay)
     return keras.optimizers.Adam(rate)
@@ -87,11 +83,14 @@ def compile_model(
 ) -> None:
     """Adam (AdamW with weight decay) + binary cross-entropy, tracking accuracy and ROC-AUC.
 
-    ``rate``: the learning rate or schedule, when the caller must keep hold of it.
+    ``rate``: the learning rate or schedule, when the caller must keep hold of it (default:
+    :func:`learning_rate`).
     """
+    if rate is None:
+        rate = learning_rate(cfg, steps_per_epoch)
     model.compile(
         jit_compile=jit_compile,
-        optimizer=optimizer(cfg, steps_per_epoch, rate),
+        optimizer=optimizer(cfg, rate),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=[
             keras.metrics.BinaryAccuracy(name="accuracy"),
