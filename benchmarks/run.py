@@ -3,6 +3,7 @@
     python benchmarks/run.py [--data PATH] [--only NAME ...] [--quick]
 
 Names: training (input pipeline + training step), widths (step cost by width, stem and batch),
+pointwise (1x1 convolutions as matrix products against Keras' Conv2D),
 robust_mix (step cost of the robust augmentation mix), startup, tuning, memory, gpu, serving.
 Results are merged into benchmarks/results.json as {name: {ours, baseline, ratio, unit}}.
 ``gpu`` measures only where Keras' backend sees a GPU (see benchmarks/gpu.py). ``--quick``
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common
 import gpu
 import memory
+import pointwise
 import pruning
 import robust_mix
 import serving
@@ -33,6 +35,7 @@ import widths
 BENCHMARKS = {
     "training": training.run,
     "widths": widths.run,
+    "pointwise": pointwise.run,
     "robust_mix": robust_mix.run,
     "startup": startup.run,
     "tuning": pruning.run,

@@ -17,6 +17,7 @@ from cifake_mlflow.modeling.mobilenet import (
     BASE_NAME,
     STEM_LAYER,
     FusedBatchNormalization,
+    PointwiseConv2D,
     WeightsUnavailableError,
     build_base,
     build_model,
@@ -252,6 +253,47 @@ def test_base_trains_fused_batchnorm_and_reloads(tmp_path: Path) -> None:
     again = keras.models.load_model(tmp_path / "m.keras")
     assert type(again.get_layer(BASE_NAME).get_layer("bn_Conv1")) is FusedBatchNormalization
     assert again.get_layer(BASE_NAME).get_layer("bn_Conv1").momentum == 0.99
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(again.predict(images, verbose=0), model.predict(images, verbose=0))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_pointwise_conv_trains_and_predicts_exactly_like_keras(bias: bool) -> None:
+    """Outputs and gradients (input, kernel, bias) equal Keras' Conv2D in both modes, with the
+    same (1, 1, in, out) kernel; any other kernel is left to Keras."""
+    rng = np.random.default_rng(2)
+    layers = [kind(6, 1, use_bias=bias, activation="relu6") for kind in
+              (PointwiseConv2D, keras.layers.Conv2D)]  # fmt: skip
+    kernel = rng.normal(0.0, 0.5, (1, 1, 5, 6)).astype("float32")
+    for layer in layers:
+        layer.build((None, 3, 3, 5))
+        layer.kernel.assign(kernel)
+        if bias:
+            layer.bias.assign(np.linspace(-1, 1, 6).astype("float32"))
+    assert layers[0].kernel.shape == (1, 1, 5, 6)
+    x = tf.constant(rng.normal(0.0, 2.0, (8, 3, 3, 5)).astype("float32"))
+    found = [training_step(layer, x, *layer.trainable_weights) for layer in layers]
+    assert len(found[0]) == 3 + bias
+    for a, b in zip(*found, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layers[0](x).numpy(), layers[1](x).numpy(), rtol=1e-6)
+    assert not PointwiseConv2D.covers(keras.layers.Conv2D(6, 3).get_config())
+    assert not PointwiseConv2D.covers(keras.layers.Conv2D(6, 1, strides=2).get_config())
+
+
+def test_base_trains_pointwise_convs_as_matmul_and_reloads(tmp_path: Path) -> None:
+    """All 34 expand, project and final 1x1 convolutions train as matrix products, with their
+    names and kernels kept; a saved model reloads with them and predicts the same."""
+    model = build_model(small(stem_stride=1))
+    base = model.get_layer(BASE_NAME)
+    pointwise = [layer for layer in base.layers if type(layer) is PointwiseConv2D]
+    assert len(pointwise) == 34
+    assert {"Conv_1", "block_16_project", "block_1_expand"} <= {p.name for p in pointwise}
+    assert base.get_layer("Conv_1").kernel.shape == (1, 1, 320, 1280)
+    assert type(base.get_layer(STEM_LAYER)) is keras.layers.Conv2D  # 3x3: Keras' own
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    assert type(again.get_layer(BASE_NAME).get_layer("Conv_1")) is PointwiseConv2D
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(again.predict(images, verbose=0), model.predict(images, verbose=0))
 

@@ -25,7 +25,6 @@ WEIGHTS_HOST = "storage.googleapis.com"
 BASE_NAME = "mobilenetv2_base"
 #: MobileNetV2's first convolution, and the stride Keras gives it.
 STEM_LAYER = "Conv1"
-STANDARD_STEM_STRIDE = 2
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -81,7 +80,7 @@ def build_base(cfg: TrainConfig) -> keras.Model:
             f"weights={cfg.weights!r}: cannot load this file into MobileNetV2 without its top "
             f"({exc}). Give a no-top MobileNetV2 weights file, or --weights none."
         ) from None
-    base = with_stem_stride(base, cfg.stem_stride)
+    base = rebuilt(base, cfg.stem_stride)
     base.name = BASE_NAME
     if not cfg.pretrained and cfg.trainable_base_layers < len(base.layers):
         print(
@@ -96,23 +95,29 @@ def build_base(cfg: TrainConfig) -> keras.Model:
     return base
 
 
-def with_stem_stride(base: keras.Model, stride: int) -> keras.Model:
-    """``base`` rebuilt with its first convolution (``Conv1``) at ``stride``, weights kept.
+def rebuilt(base: keras.Model, stem_stride: int) -> keras.Model:
+    """``base`` rebuilt with ``Conv1`` at ``stem_stride`` and :class:`PointwiseConv2D` layers.
 
     Keras' MobileNetV2 halves the resolution in ``Conv1``; at CIFAKE's 32x32 that discards the
     pixel-level traces a generator leaves before any block sees them. Strides do not change
-    kernel shapes, so the same layers, names and weights serve: the model is rebuilt from its
-    own config with the new stride and the loaded weights are copied over tensor by tensor.
+    kernel shapes and :class:`PointwiseConv2D` adds no weights, so the same layers, names and
+    weights serve: the model is rebuilt from its own config and the loaded weights are copied
+    over tensor by tensor.
     """
-    if stride == STANDARD_STEM_STRIDE:
-        return base
     config = base.get_config()
     for layer in config["layers"]:
-        if layer["config"]["name"] == STEM_LAYER:
-            layer["config"]["strides"] = (stride, stride)
-    rebuilt = keras.Model.from_config(config)
-    rebuilt.set_weights(base.get_weights())
-    return rebuilt
+        settings = layer["config"]
+        if settings["name"] == STEM_LAYER:
+            settings["strides"] = (stem_stride, stem_stride)
+        if layer["class_name"] == "Conv2D" and PointwiseConv2D.covers(settings):
+            layer.update(
+                module=PointwiseConv2D.__module__,
+                class_name=PointwiseConv2D.__name__,
+                registered_name=keras.saving.get_registered_name(PointwiseConv2D),
+            )
+    model = keras.Model.from_config(config)
+    model.set_weights(base.get_weights())
+    return model
 
 
 def set_trainable_layers(base: keras.Model, count: int) -> None:
@@ -219,6 +224,56 @@ def fuse_batchnorms(base: keras.Model) -> None:
     for layer in base.layers:
         if type(layer) is keras.layers.BatchNormalization:
             layer.__class__ = FusedBatchNormalization
+
+
+@keras.saving.register_keras_serializable(package="cifake")
+class PointwiseConv2D(keras.layers.Conv2D):
+    """A 1x1 convolution at stride 1 that trains as one matrix product.
+
+    Such a convolution is a matrix product over the pixels, but TensorFlow's CPU kernels
+    back-propagate it as a general convolution, at up to 7x the cost of the product where the
+    maps are small: MobileNetV2's last 1x1 convolution (320 -> 1280 channels on a 2x2 map at
+    32 px) takes 89 ms per step of 128 images that way against 10 ms as a product. MobileNetV2's
+    expand and project convolutions and ``Conv_1`` are all 1x1 at stride 1, so the whole
+    training step gains (benchmarks/pointwise.py). Inference keeps Keras' convolution, which
+    TensorFlow fuses with the batch norm after it.
+
+    The layer adds no weights or config: the kernel keeps its (1, 1, in, out) shape, so weights
+    files, saved models and weight copies are interchangeable with plain Keras ones, and
+    outputs and gradients match Keras' to float rounding (tests/test_model.py). Any other
+    backend, and LoRA, use Keras' own code.
+    """
+
+    @staticmethod
+    def covers(config: dict[str, Any]) -> bool:
+        """Whether a Conv2D with this config is a plain 1x1, stride-1 convolution."""
+        return (
+            tuple(config["kernel_size"]) == (1, 1)
+            and tuple(config["strides"]) == (1, 1)
+            and tuple(config["dilation_rate"]) == (1, 1)
+            and config["groups"] == 1
+            and config["data_format"] == "channels_last"
+        )
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        if not training or not self._as_matmul(inputs):
+            return super().call(inputs)
+        import tensorflow as tf
+
+        kernel = tf.cast(self.kernel[0, 0], inputs.dtype)
+        flat = tf.matmul(tf.reshape(inputs, (-1, inputs.shape[-1])), kernel)
+        outputs = tf.reshape(flat, tf.concat([tf.shape(inputs)[:-1], [self.filters]], axis=0))
+        if self.use_bias:
+            outputs = outputs + tf.cast(self.bias, outputs.dtype)
+        return outputs if self.activation is None else self.activation(outputs)
+
+    def _as_matmul(self, inputs: Any) -> bool:
+        return (
+            keras.backend.backend() == "tensorflow"
+            and self.covers(self.get_config())
+            and not getattr(self, "lora_enabled", False)
+            and len(inputs.shape) == 4
+        )
 
 
 class TestTimeAugmentation(keras.layers.Layer):
