@@ -281,6 +281,23 @@ def test_pointwise_conv_trains_and_predicts_exactly_like_keras(bias: bool) -> No
     assert not PointwiseConv2D.covers(keras.layers.Conv2D(6, 1, strides=2).get_config())
 
 
+def test_pointwise_conv_computes_in_float16_under_mixed_precision() -> None:
+    """Under ``mixed_float16`` (the GPU default) the product runs in float16 on the float32
+    kernel, as Keras' convolution does, and gives its outputs to float16 rounding."""
+    rng = np.random.default_rng(3)
+    layers = [kind(6, 1, use_bias=True, dtype="mixed_float16") for kind in
+              (PointwiseConv2D, keras.layers.Conv2D)]  # fmt: skip
+    for layer in layers:
+        layer.build((None, 4, 4, 5))
+        layer.kernel.assign(rng.normal(0.0, 0.5, (1, 1, 5, 6)).astype("float32"))
+        layer.kernel.assign(layers[0].kernel)
+    x = tf.constant(rng.normal(0.0, 1.0, (2, 4, 4, 5)).astype("float32"))
+    found, expected = (layer(x, training=True) for layer in layers)
+    assert found.dtype == expected.dtype == tf.float16
+    assert layers[0].kernel.dtype == "float32"
+    np.testing.assert_allclose(found.numpy(), expected.numpy(), rtol=1e-2, atol=1e-2)
+
+
 def test_base_trains_pointwise_convs_as_matmul_and_reloads(tmp_path: Path) -> None:
     """All 34 expand, project and final 1x1 convolutions train as matrix products, with their
     names and kernels kept; a saved model reloads with them and predicts the same."""
