@@ -257,19 +257,25 @@ def test_base_trains_fused_batchnorm_and_reloads(tmp_path: Path) -> None:
     np.testing.assert_allclose(again.predict(images, verbose=0), model.predict(images, verbose=0))
 
 
+def pointwise_and_keras(rng: np.random.Generator, size: int, **settings: object) -> list:
+    """A PointwiseConv2D and a Keras Conv2D (5 -> 6 channels, 1x1) with the same kernel and
+    bias, built for ``size`` x ``size`` maps."""
+    layers = [kind(6, 1, **settings) for kind in (PointwiseConv2D, keras.layers.Conv2D)]
+    kernel = rng.normal(0.0, 0.5, (1, 1, 5, 6)).astype("float32")
+    for layer in layers:
+        layer.build((None, size, size, 5))
+        layer.kernel.assign(kernel)
+        if layer.use_bias:
+            layer.bias.assign(np.linspace(-1, 1, 6).astype("float32"))
+    return layers
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_pointwise_conv_trains_and_predicts_exactly_like_keras(bias: bool) -> None:
     """Outputs and gradients (input, kernel, bias) equal Keras' Conv2D in both modes, with the
     same (1, 1, in, out) kernel; any other kernel is left to Keras."""
     rng = np.random.default_rng(2)
-    layers = [kind(6, 1, use_bias=bias, activation="relu6") for kind in
-              (PointwiseConv2D, keras.layers.Conv2D)]  # fmt: skip
-    kernel = rng.normal(0.0, 0.5, (1, 1, 5, 6)).astype("float32")
-    for layer in layers:
-        layer.build((None, 3, 3, 5))
-        layer.kernel.assign(kernel)
-        if bias:
-            layer.bias.assign(np.linspace(-1, 1, 6).astype("float32"))
+    layers = pointwise_and_keras(rng, 3, use_bias=bias, activation="relu6")
     assert layers[0].kernel.shape == (1, 1, 5, 6)
     x = tf.constant(rng.normal(0.0, 2.0, (8, 3, 3, 5)).astype("float32"))
     found = [training_step(layer, x, *layer.trainable_weights) for layer in layers]
@@ -285,12 +291,7 @@ def test_pointwise_conv_computes_in_float16_under_mixed_precision() -> None:
     """Under ``mixed_float16`` (the GPU default) the product runs in float16 on the float32
     kernel, as Keras' convolution does, and gives its outputs to float16 rounding."""
     rng = np.random.default_rng(3)
-    layers = [kind(6, 1, use_bias=True, dtype="mixed_float16") for kind in
-              (PointwiseConv2D, keras.layers.Conv2D)]  # fmt: skip
-    for layer in layers:
-        layer.build((None, 4, 4, 5))
-        layer.kernel.assign(rng.normal(0.0, 0.5, (1, 1, 5, 6)).astype("float32"))
-        layer.kernel.assign(layers[0].kernel)
+    layers = pointwise_and_keras(rng, 4, use_bias=True, dtype="mixed_float16")
     x = tf.constant(rng.normal(0.0, 1.0, (2, 4, 4, 5)).astype("float32"))
     found, expected = (layer(x, training=True) for layer in layers)
     assert found.dtype == expected.dtype == tf.float16
