@@ -81,6 +81,7 @@ BAD_VALUES = [
     ("max_test_images", 1),
     ("stem_stride", 3),
     ("stem_stride", 0),
+    ("block1_stride", 4),
     ("alpha", 0.0),
     ("alpha", 0.6),  # no ImageNet weights file for this width
     ("weight_decay", -0.1),

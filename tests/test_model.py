@@ -15,6 +15,8 @@ from keras.src.legacy.saving import legacy_h5_format
 from cifake_mlflow.modeling import mobilenet as model_module
 from cifake_mlflow.modeling.mobilenet import (
     BASE_NAME,
+    BLOCK1_DEPTHWISE,
+    BLOCK1_PAD,
     STEM_LAYER,
     FusedBatchNormalization,
     PointwiseConv2D,
@@ -84,29 +86,52 @@ def test_weights_file_is_loaded(tmp_path: Path) -> None:
     assert sum(layer.trainable for layer in base.layers) == 30  # pretrained: reference depth
 
 
-def test_native_stem_keeps_32px_through_conv1_and_loads_standard_weights(
-    tmp_path: Path,
-) -> None:
-    """A weights file saved from Keras' standard MobileNetV2 loads, tensor for tensor."""
+def standard_and_loaded(tmp_path: Path, **strides: int) -> tuple[keras.Model, keras.Model]:
+    """Keras' standard MobileNetV2 at 32 px and ours with ``strides``, loaded from its file.
+
+    Asserts that the file loads tensor for tensor: same layer names, weights and values.
+    """
     keras.utils.set_random_seed(3)
     source = keras.applications.MobileNetV2(
         input_shape=(32, 32, 3), include_top=False, weights=None
     )
     path = tmp_path / "standard.weights.h5"
     source.save_weights(path)
-    base = build_base(TrainConfig(weights=str(path), image_size=32, stem_stride=1))
+    base = build_base(TrainConfig(weights=str(path), image_size=32, **strides))
     # Same blocks and layer names (the input layer's name is numbered by Keras).
     assert [layer.name for layer in base.layers[1:]] == [layer.name for layer in source.layers[1:]]
     assert len(base.weights) == len(source.weights)
     for ours, theirs in zip(base.weights, source.weights, strict=True):
         assert ours.path == theirs.path
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    return source, base
+
+
+def test_native_stem_keeps_32px_through_conv1_and_loads_standard_weights(
+    tmp_path: Path,
+) -> None:
+    """A weights file saved from Keras' standard MobileNetV2 loads, tensor for tensor."""
+    source, base = standard_and_loaded(tmp_path, stem_stride=1)
     assert base.get_layer(STEM_LAYER).strides == (1, 1)
     assert source.get_layer(STEM_LAYER).strides == (2, 2)
     # Conv1 no longer halves: 32 -> 32 in the stem, 2x2 (not 1x1) at the top of the base.
     assert base.get_layer(STEM_LAYER).output.shape[1:3] == (32, 32)
     assert base.output.shape[1:3] == (2, 2)
     assert source.output.shape[1:3] == (1, 1)
+
+
+def test_block1_stride_1_keeps_32px_through_block_2_and_loads_standard_weights(
+    tmp_path: Path,
+) -> None:
+    """Without its second downsampling the base keeps 32x32 maps up to block_3's stride."""
+    source, base = standard_and_loaded(tmp_path, stem_stride=1, block1_stride=1)
+    assert base.get_layer(BLOCK1_DEPTHWISE).strides == (1, 1)
+    assert source.get_layer(BLOCK1_DEPTHWISE).strides == (2, 2)
+    for name in ("block_1_depthwise", "block_2_add", "block_3_expand"):
+        assert base.get_layer(name).output.shape[1:3] == (32, 32)
+    assert base.output.shape[1:3] == (4, 4)
+    # One pixel on each side, centred: Keras' one-sided padding would leave 31x31 maps.
+    assert base.get_layer(BLOCK1_PAD).output.shape[1:3] == (34, 34)
 
 
 def test_native_stem_model_exports_and_matches_predict(tmp_path: Path) -> None:

@@ -25,6 +25,9 @@ WEIGHTS_HOST = "storage.googleapis.com"
 BASE_NAME = "mobilenetv2_base"
 #: MobileNetV2's first convolution.
 STEM_LAYER = "Conv1"
+#: The padding and depthwise convolution of MobileNetV2's block_1, its second downsampling.
+BLOCK1_PAD = "block_1_pad"
+BLOCK1_DEPTHWISE = "block_1_depthwise"
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -80,7 +83,7 @@ def build_base(cfg: TrainConfig) -> keras.Model:
             f"weights={cfg.weights!r}: cannot load this file into MobileNetV2 without its top "
             f"({exc}). Give a no-top MobileNetV2 weights file, or --weights none."
         ) from None
-    base = rebuilt(base, cfg.stem_stride)
+    base = rebuilt(base, cfg.stem_stride, cfg.block1_stride)
     base.name = BASE_NAME
     if not cfg.pretrained and cfg.trainable_base_layers < len(base.layers):
         print(
@@ -95,20 +98,26 @@ def build_base(cfg: TrainConfig) -> keras.Model:
     return base
 
 
-def rebuilt(base: keras.Model, stem_stride: int) -> keras.Model:
-    """``base`` rebuilt with ``Conv1`` at ``stem_stride`` and :class:`PointwiseConv2D` layers.
+def rebuilt(base: keras.Model, stem_stride: int, block1_stride: int = 2) -> keras.Model:
+    """``base`` rebuilt with the strides of ``Conv1`` and ``block_1`` and PointwiseConv2D layers.
 
     Keras' MobileNetV2 halves the resolution in ``Conv1``; at CIFAKE's 32x32 that discards the
-    pixel-level traces a generator leaves before any block sees them. Strides do not change
-    kernel shapes and :class:`PointwiseConv2D` adds no weights, so the same layers, names and
-    weights serve: the model is rebuilt from its own config and the loaded weights are copied
-    over tensor by tensor.
+    pixel-level traces a generator leaves before any block sees them. ``block_1`` halves it
+    again, with a one-sided zero padding and a "valid" 3x3 depthwise convolution; at stride 1
+    the padding becomes one pixel on each side, which keeps the map's size. Strides and
+    paddings do not change kernel shapes and :class:`PointwiseConv2D` adds no weights, so the
+    same layers, names and weights serve: the model is rebuilt from its own config and the
+    loaded weights are copied over tensor by tensor.
     """
     config = base.get_config()
     for layer in config["layers"]:
         settings = layer["config"]
         if settings["name"] == STEM_LAYER:
             settings["strides"] = (stem_stride, stem_stride)
+        if block1_stride == 1 and settings["name"] == BLOCK1_PAD:
+            settings["padding"] = ((1, 1), (1, 1))
+        if settings["name"] == BLOCK1_DEPTHWISE:
+            settings["strides"] = (block1_stride, block1_stride)
         if layer["class_name"] == "Conv2D" and PointwiseConv2D.covers(settings):
             layer.update(
                 module=PointwiseConv2D.__module__,

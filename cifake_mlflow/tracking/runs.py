@@ -121,6 +121,7 @@ def run_name(cfg: TrainConfig) -> str:
         return cfg.run_name
     weights = weights_label(cfg)
     stem = "" if cfg.stem_stride == 2 else f"-stem{cfg.stem_stride}"
+    stem += "" if cfg.block1_stride == 2 else f"-b1s{cfg.block1_stride}"
     width = "" if cfg.alpha == 1.0 else f"-a{cfg.alpha:g}"
     return (
         f"mnv2-{cfg.image_size}px{stem}{width}-{weights}-u{cfg.trainable_base_layers}"

@@ -81,6 +81,15 @@ class TrainConfig(TextConfig):
             "without interpolating them; weights load unchanged"
         ),
     )
+    block1_stride: int = field(
+        default=2,
+        **described(
+            "stride of MobileNetV2's block_1, its second downsampling: 2 (Keras' standard) "
+            "or 1, which with stem_stride=1 keeps a 32x32 input at full resolution through "
+            "blocks 1 and 2 and doubles the side of every later feature map (about 4x their "
+            "compute); weights load unchanged"
+        ),
+    )
     alpha: float = field(
         default=1.0,
         **described(
@@ -254,6 +263,8 @@ class TrainConfig(TextConfig):
             )
         if self.stem_stride not in STEM_STRIDES:
             raise ConfigError("stem_stride", self.stem_stride, "1 or 2")
+        if self.block1_stride not in STEM_STRIDES:
+            raise ConfigError("block1_stride", self.block1_stride, "1 or 2")
         in_range(self, "alpha", 0.0, 2.0, low_open=True)
         if self.weights == "imagenet" and self.alpha not in IMAGENET_ALPHAS:
             raise ConfigError(
