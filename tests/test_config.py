@@ -82,6 +82,7 @@ BAD_VALUES = [
     ("stem_stride", 3),
     ("stem_stride", 0),
     ("block1_stride", 4),
+    ("block1_stride", 0),
     ("alpha", 0.0),
     ("alpha", 0.6),  # no ImageNet weights file for this width
     ("weight_decay", -0.1),
@@ -322,3 +323,15 @@ def test_a_bad_value_is_one_line_naming_the_option(
     assert lines[0].startswith(f"Error: invalid {option} "), lines[0]
     assert allowed in lines[0]
     assert "Traceback" not in result.output
+
+
+def test_run_name_names_both_strides_only_when_changed() -> None:
+    """The MLflow UI tells the three MobileNetV2 variants apart by their run names."""
+    from cifake_mlflow.tracking.runs import run_name
+
+    def name(**strides: int) -> str:
+        return run_name(TrainConfig(weights="none", image_size=32, **strides))
+
+    assert name().startswith("mnv2-32px-none-")
+    assert name(stem_stride=1).startswith("mnv2-32px-stem1-none-")
+    assert name(stem_stride=1, block1_stride=1).startswith("mnv2-32px-stem1-b1s1-none-")
