@@ -127,7 +127,7 @@ def test_block1_stride_1_keeps_32px_through_block_2_and_loads_standard_weights(
     source, base = standard_and_loaded(tmp_path, stem_stride=1, block1_stride=1)
     assert base.get_layer(BLOCK1_DEPTHWISE).strides == (1, 1)
     assert source.get_layer(BLOCK1_DEPTHWISE).strides == (2, 2)
-    for name in ("block_1_depthwise", "block_2_add", "block_3_expand"):
+    for name in (BLOCK1_DEPTHWISE, "block_2_add", "block_3_expand"):
         assert base.get_layer(name).output.shape[1:3] == (32, 32)
     assert base.output.shape[1:3] == (4, 4)
     # One pixel on each side, centred: Keras' one-sided padding would leave 31x31 maps.

@@ -109,15 +109,16 @@ def rebuilt(base: keras.Model, stem_stride: int, block1_stride: int = 2) -> kera
     same layers, names and weights serve: the model is rebuilt from its own config and the
     loaded weights are copied over tensor by tensor.
     """
+    changes = {
+        STEM_LAYER: {"strides": (stem_stride, stem_stride)},
+        BLOCK1_DEPTHWISE: {"strides": (block1_stride, block1_stride)},
+    }
+    if block1_stride == 1:
+        changes[BLOCK1_PAD] = {"padding": ((1, 1), (1, 1))}
     config = base.get_config()
     for layer in config["layers"]:
         settings = layer["config"]
-        if settings["name"] == STEM_LAYER:
-            settings["strides"] = (stem_stride, stem_stride)
-        if block1_stride == 1 and settings["name"] == BLOCK1_PAD:
-            settings["padding"] = ((1, 1), (1, 1))
-        if settings["name"] == BLOCK1_DEPTHWISE:
-            settings["strides"] = (block1_stride, block1_stride)
+        settings.update(changes.get(settings["name"], {}))
         if layer["class_name"] == "Conv2D" and PointwiseConv2D.covers(settings):
             layer.update(
                 module=PointwiseConv2D.__module__,

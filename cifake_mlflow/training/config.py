@@ -31,8 +31,8 @@ MIN_IMAGE_SIZE = 32
 #: Smallest subset for which a stratified train/validation split is always possible.
 MIN_SUBSET = 10
 WEIGHT_KEYWORDS = ("imagenet", "none")
-#: Strides MobileNetV2's first convolution may take (2 is Keras' standard).
-STEM_STRIDES = (1, 2)
+#: Strides MobileNetV2's two first downsamplings may take (2 is Keras' standard).
+DOWNSAMPLING_STRIDES = (1, 2)
 #: Width multipliers Keras publishes ImageNet weights for.
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 AUTO = "auto"
@@ -261,10 +261,9 @@ class TrainConfig(TextConfig):
             raise ConfigError(
                 "image_size", self.image_size, f"MobileNetV2 needs at least {MIN_IMAGE_SIZE}"
             )
-        if self.stem_stride not in STEM_STRIDES:
-            raise ConfigError("stem_stride", self.stem_stride, "1 or 2")
-        if self.block1_stride not in STEM_STRIDES:
-            raise ConfigError("block1_stride", self.block1_stride, "1 or 2")
+        for name in ("stem_stride", "block1_stride"):
+            if getattr(self, name) not in DOWNSAMPLING_STRIDES:
+                raise ConfigError(name, getattr(self, name), "1 or 2")
         in_range(self, "alpha", 0.0, 2.0, low_open=True)
         if self.weights == "imagenet" and self.alpha not in IMAGENET_ALPHAS:
             raise ConfigError(
