@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import keras
@@ -47,7 +48,35 @@ def test_budgeted_cosine_survives_serialisation() -> None:
     schedule.set_steps(44)
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
     assert isinstance(again, BudgetedCosineDecay)
-    assert again.get_config() == {"initial_learning_rate": 2e-3, "decay_steps": 44}
+    assert again.get_config() == {
+        "initial_learning_rate": 2e-3,
+        "decay_steps": 44,
+        "anchor_step": 0,
+        "anchor_progress": 0.0,
+    }
+    schedule.set_steps(60, at=20)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    for step in (20, 33, 59, 60):
+        assert float(again(step)) == pytest.approx(float(schedule(step)), abs=1e-9)
+
+
+@pytest.mark.fast
+def test_a_replan_moves_the_end_without_a_jump_in_the_learning_rate() -> None:
+    """Re-planned at step 40 of 100, to end at 160 or at 60: the rate at step 40 stays what it
+    was, falls from there on (more slowly for the longer plan) and reaches zero at the new end."""
+    for new_end in (160, 60):
+        schedule = BudgetedCosineDecay(1e-3, decay_steps=100)
+        before = float(schedule(40))
+        schedule.set_steps(new_end, at=40)
+        rates = [float(schedule(step)) for step in range(40, new_end + 1)]
+        assert rates[0] == pytest.approx(before, rel=1e-6)
+        assert all(later <= earlier for earlier, later in pairwise(rates))
+        assert rates[-1] == 0.0 and rates[-2] > 0.0
+    # Halfway between the re-plan and the new end, the decay is halfway through what was left.
+    schedule = BudgetedCosineDecay(1e-3, decay_steps=100)
+    left = 1.0 - float(schedule.progress(40))
+    schedule.set_steps(160, at=40)
+    assert float(schedule.progress(100)) == pytest.approx(1.0 - left / 2, rel=1e-6)
 
 
 @pytest.mark.fast
@@ -114,17 +143,69 @@ def test_a_budget_ends_training_with_the_schedule_at_zero() -> None:
     """Steps of 1 s, validation 5 s, 2 s to refill the pipeline, 20-step epochs, 70 s.
 
     Step 11 plans 53 more steps (57 s left, validation guessed at 1 s); epoch 1's measured 5 s
-    of validation cut the plan to 50 steps, and epoch 2's 7 s (validation and refill) to 46,
-    which the third epoch ends, still inside the 70 s.
+    of validation cut the plan to 50 steps, and epoch 2's 7 s (validation and refill) bring the
+    mean time around an epoch's steps to 6 s and the plan to 47, which the third epoch ends,
+    still inside the 70 s.
     """
     clock = FakeTime(step=1.0, validation=5.0, refill=2.0)
     model, budget, schedule, history = budgeted_fit(clock, 70.0, n=320)
-    assert budget.spent and budget.planned_steps == 46
-    assert int(model.optimizer.iterations.numpy()) == 46
+    assert budget.spent and budget.planned_steps == 47
+    assert int(model.optimizer.iterations.numpy()) == 47
     assert len(history["loss"]) == 3
     assert clock.now <= 70.0
     assert float(schedule(model.optimizer.iterations)) == 0.0
-    assert history["planned_epochs"] == pytest.approx([50 / 20, 46 / 20, 46 / 20])
+    assert history["planned_epochs"] == pytest.approx([50 / 20, 47 / 20, 47 / 20])
+
+
+class JitteryTime(FakeTime):
+    """:class:`FakeTime` whose steps take ``slow`` s in the 2nd and 5th epochs, ``step`` s else."""
+
+    def __init__(self, step: float, slow: float, validation: float) -> None:
+        super().__init__(step, validation)
+        self.fast, self.slow = step, slow
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.step = self.slow if epoch in (1, 4) else self.fast
+
+
+class LearningRates(keras.callbacks.Callback):
+    """The learning rate each optimizer step used."""
+
+    def __init__(self, schedule: BudgetedCosineDecay) -> None:
+        super().__init__()
+        self.schedule, self.rates = schedule, []
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self.rates.append(float(self.schedule(self.model.optimizer.iterations)))
+
+
+def test_on_a_noisy_machine_the_plan_moves_but_the_learning_rate_only_falls() -> None:
+    """Epochs of 20 steps at 1 s, the 2nd and 5th at 2.5 s: each slow epoch shortens the plan
+    and each fast one after it lengthens it again (a cosine simply resized would then raise the
+    rate), yet every step's rate is at most the one before, and the last is zero."""
+    clock = JitteryTime(step=1.0, slow=2.5, validation=2.0)
+    steps_per_epoch, epochs = 20, 100
+    schedule = BudgetedCosineDecay(1e-2, decay_steps=steps_per_epoch * epochs)
+    budget = TimeBudget(
+        200.0, steps_per_epoch, steps_per_epoch * epochs, 2, schedule=schedule, clock=clock
+    )
+    rates = LearningRates(schedule)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="binary_crossentropy")
+    history = model.fit(
+        tiny_data(320, 16),
+        validation_data=tiny_data(32, 16),
+        epochs=epochs,
+        callbacks=[clock, budget, rates],
+        verbose=0,
+        shuffle=False,
+    ).history
+    plans = history["planned_epochs"]
+    assert any(later > earlier for earlier, later in pairwise(plans))  # lengthened
+    assert all(later <= earlier for earlier, later in pairwise(rates.rates))
+    assert rates.rates[0] > 0.0
+    assert float(schedule(model.optimizer.iterations)) == 0.0
+    assert budget.spent and clock.now <= 200.0
 
 
 def test_epochs_shorter_than_the_warm_up_are_budgeted_too() -> None:

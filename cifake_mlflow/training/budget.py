@@ -27,31 +27,58 @@ INFERENCE_SHARE = 0.5
 
 @keras.saving.register_keras_serializable(package="cifake")
 class BudgetedCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Keras' cosine decay to zero, with a length that may change while training runs.
+    """Keras' cosine decay to zero, with an end that may move while training runs.
 
-    ``decay_steps`` lives in a variable that the traced training step reads, so a new plan
-    takes effect at the next step without retracing.
+    The learning rate is ``initial * (1 + cos(pi * progress)) / 2``. Until the first re-plan,
+    progress is ``step / decay_steps``, exactly Keras' ``CosineDecay``. A re-plan at step ``s``
+    (:meth:`set_steps` with ``at=s``) keeps the progress reached at ``s`` and spreads what is
+    left of it evenly over the steps up to the new end, so the learning rate goes on from where
+    it is and still only falls: stretching the plan slows the decay instead of raising the rate.
+    The plan lives in variables that the traced training step reads, so it takes effect at the
+    next step without retracing.
     """
 
-    def __init__(self, initial_learning_rate: float, decay_steps: int) -> None:
+    def __init__(
+        self,
+        initial_learning_rate: float,
+        decay_steps: int,
+        anchor_step: int = 0,
+        anchor_progress: float = 0.0,
+    ) -> None:
         super().__init__()
         self.initial_learning_rate = float(initial_learning_rate)
-        self.decay_steps = tf.Variable(
-            float(max(1, decay_steps)), trainable=False, dtype=tf.float32, name="decay_steps"
-        )
+        self.decay_steps = self._variable(max(1, decay_steps), "decay_steps")
+        self.anchor_step = self._variable(anchor_step, "anchor_step")
+        self.anchor_progress = self._variable(anchor_progress, "anchor_progress")
+
+    @staticmethod
+    def _variable(value: float, name: str) -> tf.Variable:
+        return tf.Variable(float(value), trainable=False, dtype=tf.float32, name=name)
+
+    def progress(self, step: tf.Tensor | int) -> tf.Tensor:
+        """Share of the decay done at ``step``: 0 at the start, 1 from the planned end on."""
+        step = tf.cast(step, tf.float32)
+        left = tf.maximum(self.decay_steps - self.anchor_step, 1.0)
+        rate = (1.0 - self.anchor_progress) / left
+        done = self.anchor_progress + (step - self.anchor_step) * rate
+        return tf.where(step >= self.decay_steps, 1.0, tf.clip_by_value(done, 0.0, 1.0))
 
     def __call__(self, step: tf.Tensor) -> tf.Tensor:
-        done = tf.minimum(tf.cast(step, tf.float32), self.decay_steps)
-        return self.initial_learning_rate * 0.5 * (1.0 + tf.cos(math.pi * done / self.decay_steps))
+        return self.initial_learning_rate * 0.5 * (1.0 + tf.cos(math.pi * self.progress(step)))
 
-    def set_steps(self, steps: int) -> None:
-        """End the decay after ``steps`` optimizer steps in all."""
+    def set_steps(self, steps: int, at: int = 0) -> None:
+        """End the decay after ``steps`` optimizer steps in all, re-planned at step ``at``."""
+        progress = float(self.progress(at)) if at > 0 else 0.0
+        self.anchor_progress.assign(progress)
+        self.anchor_step.assign(float(at))
         self.decay_steps.assign(float(max(1, steps)))
 
     def get_config(self) -> dict[str, float | int]:
         return {
             "initial_learning_rate": self.initial_learning_rate,
             "decay_steps": int(self.decay_steps.numpy()),
+            "anchor_step": int(self.anchor_step.numpy()),
+            "anchor_progress": float(self.anchor_progress.numpy()),
         }
 
 
@@ -73,12 +100,14 @@ def steps_that_fit(
 class TimeBudget(keras.callbacks.Callback):
     """Plans the training steps that fit in ``seconds`` and stops training when they are done.
 
-    It plans once :data:`WARMUP_STEPS` steps are timed and again after every epoch, with that
-    epoch's own step time and the time around its steps (validation, recalibration, refilling
-    the input pipeline); each plan resizes ``schedule`` (if given). Steps are the optimizer's
-    iterations, which the schedule reads too, so the model must have a fresh optimizer.
-    ``eval_batches`` is the number of batches validation and recalibration process per epoch,
-    for the estimate before the first epoch ends. ``clock`` reads seconds.
+    It plans once :data:`WARMUP_STEPS` steps are timed and again after every epoch, from the
+    mean step time of all steps timed so far and the mean time around an epoch's steps
+    (validation, recalibration, refilling the input pipeline), so one slow or fast epoch on a
+    noisy machine moves the plan little. Each plan moves the end of ``schedule`` (if given)
+    from the current step on. Steps are the optimizer's iterations, which the schedule reads
+    too, so the model must have a fresh optimizer. ``eval_batches`` is the number of batches
+    validation and recalibration process per epoch, for the estimate before the first epoch
+    ends. ``clock`` reads seconds.
     """
 
     def __init__(
@@ -104,7 +133,7 @@ class TimeBudget(keras.callbacks.Callback):
         self._start = self.clock()
         self.planned_steps, self.spent = self.max_steps, False
         self._step_seconds: float | None = None
-        self._overhead: float | None = None
+        self._overheads: list[float] = []
         self._timed_steps, self._timed_seconds, self._epochs_done = 0, 0.0, 0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -137,23 +166,26 @@ class TimeBudget(keras.callbacks.Callback):
             logs["planned_epochs"] = self.planned_steps / self.steps_per_epoch
 
     def _measure_epoch(self, now: float) -> None:
-        """This epoch's step time, and the seconds of its epoch spent around the steps."""
+        """Mean step time so far, and the seconds this epoch spent around its steps."""
         step = (self._last_step_end - self._first_step_end) / (self._epoch_steps - 1)
         overhead = now - self._last_step_end
         if self._epochs_done:  # after the first epoch, the first step's extra is the refill
             overhead += max(0.0, self._first_step_end - self._epoch_start - step)
-        self._step_seconds, self._overhead = step, overhead
+        self._step_seconds = self._timed_seconds / self._timed_steps
+        self._overheads.append(overhead)
 
     def _plan(self, now: float) -> None:
         step = self._step_seconds or 0.0
-        overhead = self._overhead
-        if overhead is None:
+        if self._overheads:
+            overhead = sum(self._overheads) / len(self._overheads)
+        else:
             overhead = self.eval_batches * step * INFERENCE_SHARE
         remaining = self.seconds - (now - self._start)
+        done = self._steps_done()
         more = steps_that_fit(remaining, step, overhead, self.steps_per_epoch)
-        self.planned_steps = min(self.max_steps, self._steps_done() + more)
+        self.planned_steps = min(self.max_steps, done + more)
         if self.schedule is not None:
-            self.schedule.set_steps(self.planned_steps)
+            self.schedule.set_steps(self.planned_steps, at=done)
 
     def _steps_done(self) -> int:
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
