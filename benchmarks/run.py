@@ -3,8 +3,9 @@
     python benchmarks/run.py [--data PATH] [--only NAME ...] [--quick]
 
 Names: training (input pipeline + training step), widths (step cost by width, stem and batch),
-pointwise (1x1 convolutions as matrix products against Keras' Conv2D),
-robust_mix (step cost of the robust augmentation mix), startup, tuning, memory, gpu, serving.
+pointwise (1x1 convolutions as matrix products against Keras' Conv2D), precision (mixed
+precision and XLA against float32), robust_mix (step cost of the robust augmentation mix),
+startup, tuning, memory, gpu, serving.
 Results are merged into benchmarks/results.json as {name: {ours, baseline, ratio, unit}}.
 ``gpu`` measures only where Keras' backend sees a GPU (see benchmarks/gpu.py). ``--quick``
 shrinks every benchmark (fewer images, steps, trials and repeats) to finish in a few minutes on
@@ -25,6 +26,7 @@ import common
 import gpu
 import memory
 import pointwise
+import precision
 import pruning
 import robust_mix
 import serving
@@ -36,6 +38,7 @@ BENCHMARKS = {
     "training": training.run,
     "widths": widths.run,
     "pointwise": pointwise.run,
+    "precision": precision.run,
     "robust_mix": robust_mix.run,
     "startup": startup.run,
     "tuning": pruning.run,

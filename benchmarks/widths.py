@@ -57,20 +57,30 @@ def feed(batch: int):
     return tf.data.Dataset.from_tensors((x, y)).repeat()
 
 
-def run(data: Path, quick: bool = False) -> dict[str, dict]:
-    """Measure; returns results.json entries (``data`` is unused: the batches are random)."""
+def option_rates(models: dict, quick: bool, prefix: str) -> dict[str, dict]:
+    """Training rate of each ``(model, batch)`` against the first, timed in alternating rounds.
+
+    Returns results.json entries ``{prefix + name: ...}`` for every model but the first, each
+    the median of its rounds against the first one's median.
+    """
     rounds, steps = (1, 5) if quick else (3, 20)
-    models = {"baseline": compiled({}), **{name: compiled(o) for name, o in OPTIONS.items()}}
     rates: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, (model, batch) in models.items():
             rates[name].append(training_rate(model, feed(batch), steps, batch))
-    base = float(np.median(rates["baseline"]))
+    baseline, *options = models
+    base = float(np.median(rates[baseline]))
     extra = {"rounds": rounds, "steps_per_round": steps}
     return {
-        f"width_{name}": result(float(np.median(rates[name])), base, "train images/s", **extra)
-        for name in OPTIONS
+        f"{prefix}{name}": result(float(np.median(rates[name])), base, "train images/s", **extra)
+        for name in options
     }
+
+
+def run(data: Path, quick: bool = False) -> dict[str, dict]:
+    """Measure; returns results.json entries (``data`` is unused: the batches are random)."""
+    models = {"baseline": compiled({}), **{name: compiled(o) for name, o in OPTIONS.items()}}
+    return option_rates(models, quick, "width_")
 
 
 def main(argv: list[str] | None = None) -> int:

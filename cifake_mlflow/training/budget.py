@@ -59,8 +59,9 @@ class BudgetedCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         """Share of the decay done at ``step``: 0 at the start, 1 from the planned end on."""
         step = tf.cast(step, tf.float32)
         left = tf.maximum(self.decay_steps - self.anchor_step, 1.0)
-        rate = (1.0 - self.anchor_progress) / left
-        done = self.anchor_progress + (step - self.anchor_step) * rate
+        since, rest = step - self.anchor_step, 1.0 - self.anchor_progress
+        # Divided last, so that without a re-plan this is step / decay_steps to the bit.
+        done = self.anchor_progress + since * rest / left
         return tf.where(step >= self.decay_steps, 1.0, tf.clip_by_value(done, 0.0, 1.0))
 
     def __call__(self, step: tf.Tensor) -> tf.Tensor:

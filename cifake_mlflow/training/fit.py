@@ -199,7 +199,7 @@ def fit(
     """
     steps = int(train_data.cardinality().numpy())
     with (strategy or tf.distribute.get_strategy()).scope():
-        rate = learning_rate(cfg, steps)  # kept: a time budget resizes it while training runs
+        rate = learning_rate(cfg, steps)  # kept: a time budget re-plans it while training runs
         compile_model(model, cfg, steps, jit_compile, rate)
         build_optimizer(model)
     stopper = keras.callbacks.EarlyStopping(
