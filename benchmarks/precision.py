@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import widths
 from common import script_main
-from widths import BASELINE, option_rates
 
 import cifake_mlflow  # noqa: F401  (before TensorFlow: its start-up lines stay off the console)
 
@@ -34,30 +34,21 @@ OPTIONS = {
 
 
 def compiled(policy: str, jit_compile: bool):
-    """The accurate recipe's model built under ``policy`` and compiled as training does."""
+    """The accurate recipe's model (:func:`widths.compiled`) built under the dtype ``policy``."""
     import keras
 
-    from cifake_mlflow.modeling.mobilenet import build_model
-    from cifake_mlflow.training.config import TrainConfig
-    from cifake_mlflow.training.fit import build_optimizer, compile_model
-
-    cfg = TrainConfig(weights="none", image_size=32, weight_decay=0.05, **BASELINE)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:
-        model = build_model(cfg)
-        compile_model(model, cfg, steps_per_epoch=1000, jit_compile=jit_compile)
-        build_optimizer(model)
+        return widths.compiled({}, jit_compile)
     finally:
         keras.config.set_dtype_policy(previous)
-    return model
 
 
 def run(data: Path, quick: bool = False) -> dict[str, dict]:
     """Measure; returns results.json entries (``data`` is unused: the batches are random)."""
-    batch = BASELINE["batch_size"]
-    models = {name: (compiled(*option), batch) for name, option in OPTIONS.items()}
-    return option_rates(models, quick, "precision_")
+    models = {name: compiled(*option) for name, option in OPTIONS.items()}
+    return widths.option_rates(models, quick, "precision_")
 
 
 def main(argv: list[str] | None = None) -> int:

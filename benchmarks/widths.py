@@ -34,7 +34,7 @@ OPTIONS = {
 }
 
 
-def compiled(options: dict):
+def compiled(options: dict, jit_compile: bool = False):
     """The detector at 32 px with ``options``, compiled as training compiles it."""
     from cifake_mlflow.modeling.mobilenet import build_model
     from cifake_mlflow.training.config import TrainConfig
@@ -42,7 +42,7 @@ def compiled(options: dict):
 
     cfg = TrainConfig(weights="none", image_size=32, weight_decay=0.05, **{**BASELINE, **options})
     model = build_model(cfg)
-    compile_model(model, cfg, steps_per_epoch=1000)
+    compile_model(model, cfg, steps_per_epoch=1000, jit_compile=jit_compile)
     build_optimizer(model)
     return model, cfg.batch_size
 
