@@ -157,18 +157,45 @@ def test_a_budget_ends_training_with_the_schedule_at_zero() -> None:
     """Steps of 1 s, validation 5 s, 2 s to refill the pipeline, 20-step epochs, 70 s.
 
     Step 11 plans 53 more steps (57 s left, validation guessed at 1 s); epoch 1's measured 5 s
-    of validation cut the plan to 50 steps, and epoch 2's 7 s (validation and refill) bring the
-    mean time around an epoch's steps to 6 s and the plan to 47, which the third epoch ends,
-    still inside the 70 s.
+    of validation cut the plan to 50 steps, and epoch 2's 7 s (validation and refill), which
+    replace epoch 1's as the time around an epoch's steps, cut it to 46, which the third epoch
+    ends at 67 s, inside the 70 s.
     """
     clock = FakeTime(step=1.0, validation=5.0, refill=2.0)
     model, budget, schedule, history = budgeted_fit(clock, 70.0, n=320)
-    assert budget.spent and budget.planned_steps == 47
-    assert int(model.optimizer.iterations.numpy()) == 47
+    assert budget.spent and budget.planned_steps == 46
+    assert int(model.optimizer.iterations.numpy()) == 46
     assert len(history["loss"]) == 3
-    assert clock.now <= 70.0
+    assert clock.now == 67.0
     assert float(schedule(model.optimizer.iterations)) == 0.0
-    assert history["planned_epochs"] == pytest.approx([50 / 20, 47 / 20, 47 / 20])
+    assert history["planned_epochs"] == pytest.approx([50 / 20, 46 / 20, 46 / 20])
+
+
+class TracingTime(FakeTime):
+    """:class:`FakeTime` whose first validation takes ``tracing`` s more, as tracing the
+    validation functions does."""
+
+    def __init__(self, step: float, validation: float, tracing: float) -> None:
+        super().__init__(step, validation)
+        self.tracing = tracing
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        super().on_test_begin(logs)
+        self.now, self.tracing = self.now + self.tracing, 0.0
+
+
+def test_the_first_validation_s_tracing_counts_only_until_a_later_epoch_is_measured() -> None:
+    """Steps of 1 s, validation 5 s (25 s the first time), 20-step epochs, 200 s.
+
+    After epoch 1 (45 s spent) the plan is 57 more steps at 1 + 25/20 s. After epoch 2 (70 s)
+    the tracing is dropped: 125 s for steps at 1 + 5/20 s make 100 more, 140 in all (the mean of
+    25 and 5 s would give 105), which seven epochs run in 195 s.
+    """
+    clock = TracingTime(step=1.0, validation=5.0, tracing=20.0)
+    _, budget, _, history = budgeted_fit(clock, 200.0, n=320)
+    assert history["planned_epochs"] == pytest.approx([77 / 20] + [140 / 20] * 6)
+    assert budget.spent and budget.planned_steps == 140
+    assert clock.now == 195.0
 
 
 class JitteryTime(FakeTime):
