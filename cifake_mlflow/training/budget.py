@@ -103,13 +103,13 @@ class TimeBudget(keras.callbacks.Callback):
 
     It plans once :data:`WARMUP_STEPS` steps are timed and again after every epoch, from the
     mean step time of all steps timed so far and the mean time around an epoch's steps
-    (validation, recalibration, refilling the input pipeline; the first epoch's, which also
-    traces validation, only until a later one is measured), so one slow or fast epoch on a
-    noisy machine moves the plan little. Each plan moves the end of ``schedule`` (if given)
-    from the current step on. Steps are the optimizer's iterations, which the schedule reads
-    too, so the model must have a fresh optimizer. ``eval_batches`` is the number of batches
-    validation and recalibration process per epoch, for the estimate before the first epoch
-    ends. ``clock`` reads seconds.
+    (validation, recalibration, refilling the input pipeline; the first epoch's, which traces
+    validation and hides the pipeline's fill in its first step, only until a later one is
+    measured), so one slow or fast epoch on a noisy machine moves the plan little. Each plan
+    moves the end of ``schedule`` (if given) from the current step on. Steps are the
+    optimizer's iterations, which the schedule reads too, so the model must have a fresh
+    optimizer. ``eval_batches`` is the number of batches validation and recalibration process
+    per epoch, for the estimate before the first epoch ends. ``clock`` reads seconds.
     """
 
     def __init__(
@@ -179,8 +179,8 @@ class TimeBudget(keras.callbacks.Callback):
     def _plan(self, now: float) -> None:
         step = self._step_seconds or 0.0
         if self._overheads:
-            # The first epoch's also traced validation's functions: it counts only until a
-            # later epoch is measured.
+            # The first epoch's is untypical (validation's functions are traced, the pipeline's
+            # fill hides in its first step): it counts only until a later epoch is measured.
             measured = self._overheads[1:] or self._overheads
             overhead = sum(measured) / len(measured)
         else:
